@@ -531,6 +531,7 @@ impl Engine {
                 problems: BTreeMap::new(),
             });
         let load = state.load();
+        let eligible_before = self.eligible_nodes;
         if state.eligible {
             self.network_index.remove(name, load, &state.networks);
             self.eligible_nodes -= 1;
@@ -558,6 +559,10 @@ impl Engine {
             for key in keys {
                 self.mark_steering_dirty(&key.name);
             }
+        }
+        // The first eligible node (or the loss of the last one) changes why pending IPs wait.
+        if (eligible_before > 0) != (self.eligible_nodes > 0) {
+            self.queue.extend(self.pending.iter().cloned());
         }
         // Objects waiting for a node may now fit here.
         if gained {
