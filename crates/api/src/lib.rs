@@ -9,7 +9,8 @@ pub mod selector;
 
 pub use egressfirewall::{
     EgressFirewall, EgressFirewallDestination, EgressFirewallPort, EgressFirewallRule,
-    EgressFirewallRuleType, EgressFirewallSpec, EgressFirewallStatus,
+    EgressFirewallRuleType, EgressFirewallSpec, EgressFirewallStatus, FieldError, PortProtocol,
+    ValidatedDestination, ValidatedPort, ValidatedRule,
 };
 pub use egressip::{EgressIP, EgressIPSpec, EgressIPStatus, EgressIPStatusItem};
 pub use selector::{Selector, SelectorError};
