@@ -6,9 +6,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Pods picked by `namespaceSelector` and `podSelector` leave the cluster with one of `egressIPs`.
-///
-/// OVN-Kubernetes declares the CRD without a status subresource: the controller writes `status`
-/// with a plain patch of the object, and so do we.
+//
+// OVN-Kubernetes declares the CRD without a status subresource: the controller writes `status`
+// with a plain patch of the object, and so do we (see `crate::crd::egressip_crd`).
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "k8s.ovn.org",
@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
     singular = "egressip",
     shortname = "eip",
     status = "EgressIPStatus",
+    doc = "A fixed source IP for the traffic that selected pods send out of the cluster.",
     printcolumn = r#"{"name":"EgressIPs","type":"string","jsonPath":".spec.egressIPs[*]"}"#,
     printcolumn = r#"{"name":"Assigned Node","type":"string","jsonPath":".status.items[*].node"}"#,
     printcolumn = r#"{"name":"Assigned EgressIPs","type":"string","jsonPath":".status.items[*].egressIP"}"#
@@ -40,13 +41,18 @@ pub struct EgressIPSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub struct EgressIPStatus {
     /// One entry per assigned egress IP.
+    // Required by the CRD whenever `status` is present (added in `crate::crd`: schemars drops
+    // `required` for fields with a serde default). Parsing defaults it to empty so that objects
+    // with a misspelt list, such as the `status.assignments` of some published examples, still
+    // load.
     #[serde(default)]
-    #[schemars(required)]
     pub items: Vec<EgressIPStatusItem>,
 }
 
 /// One assigned egress IP and the node that hosts it.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
 pub struct EgressIPStatusItem {
     /// The node hosting the egress IP.
     pub node: String,

@@ -3,6 +3,7 @@
 //! The types serialize exactly like the objects OVN-Kubernetes reads and writes, so manifests written
 //! for OVN-Kubernetes apply unchanged. The CRD YAML under `deploy/crds/` is generated from them.
 
+pub mod crd;
 pub mod egressfirewall;
 pub mod egressip;
 pub mod selector;
