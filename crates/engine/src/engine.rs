@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::ops::RangeInclusive;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use kube_egress_api::selector::IndexHint;
@@ -316,6 +317,9 @@ pub struct Engine {
     service_cidrs: BTreeMap<IpNet, usize>,
     service_cidr_objects: HashMap<String, Vec<IpNet>>,
     node_ips: BTreeMap<IpAddr, usize>,
+    /// The exclusion sets, rebuilt after a change of any of the four maps above.
+    exclusions: Arc<Exclusions>,
+    exclusions_stale: bool,
 
     queue: BTreeSet<EipKey>,
     loading: bool,
@@ -348,6 +352,8 @@ impl Engine {
             service_cidrs: BTreeMap::new(),
             service_cidr_objects: HashMap::new(),
             node_ips: BTreeMap::new(),
+            exclusions: Arc::default(),
+            exclusions_stale: false,
             queue: BTreeSet::new(),
             loading: false,
             changes: Changes::default(),
@@ -422,8 +428,10 @@ impl Engine {
         }
         if config != self.config {
             self.changes.exclusions = true;
+            self.exclusions_stale = true;
         }
         self.config = config;
+        self.drain();
     }
 
     /// Returns and clears what changed.
@@ -486,6 +494,7 @@ impl Engine {
             .unwrap_or_default();
         if old_ips != new_ips || old_pod_cidrs != new_pod_cidrs {
             self.changes.exclusions = true;
+            self.exclusions_stale = true;
         }
         for c in &old_pod_cidrs {
             sub_count(&mut self.pod_cidrs, c);
@@ -637,7 +646,9 @@ impl Engine {
                 add_count(&mut self.service_cidrs, c);
             }
             self.changes.exclusions = true;
+            self.exclusions_stale = true;
         }
+        self.drain();
     }
 
     pub fn remove_service_cidr(&mut self, name: &str) {
@@ -646,7 +657,9 @@ impl Engine {
                 sub_count(&mut self.service_cidrs, c);
             }
             self.changes.exclusions = true;
+            self.exclusions_stale = true;
         }
+        self.drain();
     }
 
     // ---------------------------------------------------------------------------------------
@@ -1218,6 +1231,17 @@ impl Engine {
         if self.loading {
             return;
         }
+        if self.exclusions_stale {
+            self.exclusions_stale = false;
+            let exclusions = Exclusions {
+                pod_cidrs: self.pod_cidrs.keys().copied().collect(),
+                service_cidrs: self.service_cidrs.keys().copied().collect(),
+                node_ips: self.node_ips.keys().copied().collect(),
+            };
+            if *self.exclusions != exclusions {
+                self.exclusions = Arc::new(exclusions);
+            }
+        }
         // Each pass either settles an object or frees an IP for a later one; bound it anyway.
         let mut budget = 16 * (self.queue.len() + self.eips.len() + 16);
         while let Some(key) = self.queue.pop_first() {
@@ -1484,12 +1508,8 @@ impl Engine {
     }
 
     /// The exclusion sets shared by every node plan.
-    pub fn exclusions(&self) -> Exclusions {
-        Exclusions {
-            pod_cidrs: self.pod_cidrs.keys().copied().collect(),
-            service_cidrs: self.service_cidrs.keys().copied().collect(),
-            node_ips: self.node_ips.keys().copied().collect(),
-        }
+    pub fn exclusions(&self) -> Arc<Exclusions> {
+        self.exclusions.clone()
     }
 
     /// The desired egress state of one node.

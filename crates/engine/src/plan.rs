@@ -1,6 +1,7 @@
 //! What the data planes consume: the desired egress state of one node.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::Serialize;
@@ -88,7 +89,8 @@ pub struct NodePlan {
     pub steering: Vec<SteeringEntry>,
     /// One route per mark used by `steering`.
     pub steering_routes: Vec<SteeringRoute>,
-    pub exclusions: Exclusions,
+    /// Shared by every node plan.
+    pub exclusions: Arc<Exclusions>,
 }
 
 impl NodePlan {
