@@ -104,10 +104,7 @@ impl Selector {
                     "In" | "NotIn" if values.is_empty() => {
                         return Err(SelectorError {
                             field: format!("{at}.values"),
-                            message: format!(
-                                "operator {} needs at least one value",
-                                expr.operator
-                            ),
+                            message: format!("operator {} needs at least one value", expr.operator),
                         });
                     }
                     "In" => Requirement::In(key, sorted),
@@ -367,7 +364,10 @@ mod tests {
             "spec.namespaceSelector",
         )
         .unwrap_err();
-        assert_eq!(err.field, "spec.namespaceSelector.matchExpressions[1].operator");
+        assert_eq!(
+            err.field,
+            "spec.namespaceSelector.matchExpressions[1].operator"
+        );
         assert!(err.message.contains("\"Equals\""), "{err}");
 
         for op in ["In", "NotIn"] {
@@ -383,8 +383,8 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.field, "f.matchExpressions[0].values");
 
-        let err = Selector::compile(&with_exprs(vec![expr("-bad", "Exists", None)]), "f")
-            .unwrap_err();
+        let err =
+            Selector::compile(&with_exprs(vec![expr("-bad", "Exists", None)]), "f").unwrap_err();
         assert_eq!(err.field, "f.matchExpressions[0].key");
 
         let bad_value = LabelSelector {
@@ -397,7 +397,12 @@ mod tests {
 
     #[test]
     fn valid_keys() {
-        for key in ["app", "k8s.ovn.org/egress-assignable", "a_b.c-d", "example.com/X"] {
+        for key in [
+            "app",
+            "k8s.ovn.org/egress-assignable",
+            "a_b.c-d",
+            "example.com/X",
+        ] {
             check_key(key, "f").unwrap();
         }
         for key in ["", "/x", "Ex.com/x", "x/", "a/b/c", &"x".repeat(64)] {
@@ -413,8 +418,8 @@ mod tests {
         };
         let s = Selector::compile(&sel, "f").unwrap();
         assert_eq!(s.index_hint(), IndexHint::Label("env", "prod"));
-        let s = Selector::compile(&with_exprs(vec![expr("x", "NotIn", Some(&["a"]))]), "f")
-            .unwrap();
+        let s =
+            Selector::compile(&with_exprs(vec![expr("x", "NotIn", Some(&["a"]))]), "f").unwrap();
         assert_eq!(s.index_hint(), IndexHint::Unindexed);
     }
 
@@ -429,7 +434,12 @@ mod tests {
         fn requirement() -> impl Strategy<Value = LabelSelectorRequirement> {
             (
                 "[abc]",
-                prop_oneof![Just("In"), Just("NotIn"), Just("Exists"), Just("DoesNotExist")],
+                prop_oneof![
+                    Just("In"),
+                    Just("NotIn"),
+                    Just("Exists"),
+                    Just("DoesNotExist")
+                ],
                 proptest::collection::vec("[xyz]", 1..3),
             )
                 .prop_map(|(key, op, values)| LabelSelectorRequirement {
