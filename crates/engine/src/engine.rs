@@ -407,6 +407,12 @@ impl Engine {
         for info in eips {
             engine.add_egress_ip(info, true);
         }
+        // Pods are matched once, against every object, rather than once per object.
+        let mut pods: Vec<String> = engine.pods.keys().cloned().collect();
+        pods.sort();
+        for pod in pods {
+            engine.rematch_pod(&pod);
+        }
         engine.loading = false;
         engine.drain();
         engine
@@ -1148,6 +1154,9 @@ impl Engine {
             if let Some(s) = self.namespaces.get_mut(ns) {
                 s.eips.insert(key.clone());
             }
+        }
+        if self.loading {
+            return;
         }
         let mut touched: Vec<String> = old_namespaces.union(&new_namespaces).cloned().collect();
         touched.sort();
