@@ -1,1 +1,38 @@
-fn main() {}
+//! `kube-egress`: stable, chosen source IPs for traffic leaving a Kubernetes cluster.
+//!
+//! One binary, one subcommand per role. Each subcommand lives in its own module with a clap
+//! `Args` struct and a `run` function; this file only dispatches.
+
+mod manifests;
+mod plan_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "kube-egress", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Compute EgressIP statuses, Events and per-node plans from manifests, offline.
+    Plan(plan_cmd::PlanArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Plan(args) => plan_cmd::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
