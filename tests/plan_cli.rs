@@ -126,8 +126,8 @@ fn snat(doc: &Value, node: &str) -> BTreeSet<(String, String)> {
         .iter()
         .map(|s| {
             (
-                s["podIp"].as_str().unwrap().to_string(),
-                s["egressIp"].as_str().unwrap().to_string(),
+                s["podIP"].as_str().unwrap().to_string(),
+                s["egressIP"].as_str().unwrap().to_string(),
             )
         })
         .collect()
@@ -141,7 +141,7 @@ fn steering(doc: &Value, node: &str) -> BTreeMap<String, u64> {
         .iter()
         .map(|s| {
             (
-                s["podIp"].as_str().unwrap().to_string(),
+                s["podIP"].as_str().unwrap().to_string(),
                 s["mark"].as_u64().unwrap(),
             )
         })
@@ -221,12 +221,12 @@ fn example_cluster_json() {
     // Each egress node hosts its prod IP and SNATs every prod pod to it; the reports pod only to
     // the secondary-network IP.
     for (ip, node) in &prod_status {
-        let hosted = doc["nodes"][node]["egressIps"].as_array().unwrap();
+        let hosted = doc["nodes"][node]["egressIPs"].as_array().unwrap();
         let entry = hosted
             .iter()
             .find(|h| h["ip"] == ip.as_str())
             .unwrap_or_else(|| panic!("{node} hosts {ip}"));
-        assert_eq!(entry["egressIp"], "egressips-prod");
+        assert_eq!(entry["egressIPName"], "egressips-prod");
         assert_eq!(entry["kind"], "primary");
         assert_eq!(entry["subnet"], "192.168.64.0/18");
         assert_eq!(entry["mark"], prod_mark);
@@ -239,7 +239,7 @@ fn example_cluster_json() {
         }
         assert!(!snat.contains(&(POD4.to_string(), ip.clone())));
     }
-    let secondary = doc["nodes"][&reports_node]["egressIps"]
+    let secondary = doc["nodes"][&reports_node]["egressIPs"]
         .as_array()
         .unwrap()
         .iter()
@@ -251,7 +251,7 @@ fn example_cluster_json() {
     assert!(snat(&doc, &reports_node).contains(&(POD4.to_string(), "10.10.0.100".to_string())));
 
     // node2 hosts nothing and steers its two served pods to the egress nodes.
-    assert_eq!(doc["nodes"]["node2"]["egressIps"], json!([]));
+    assert_eq!(doc["nodes"]["node2"]["egressIPs"], json!([]));
     assert_eq!(snat(&doc, "node2"), BTreeSet::new());
     assert_eq!(
         steering(&doc, "node2"),
@@ -274,7 +274,7 @@ fn example_cluster_json() {
             (
                 h["node"].as_str().unwrap().to_string(),
                 h["address"].as_str().unwrap().to_string(),
-                h["egressIp"].as_str().unwrap().to_string(),
+                h["egressIP"].as_str().unwrap().to_string(),
             )
         })
         .collect();
@@ -298,11 +298,11 @@ fn example_cluster_json() {
     // East-west exclusions: pod CIDRs of the nodes, the ServiceCIDR, the node addresses.
     let exclusions = &doc["nodes"]["node2"]["exclusions"];
     assert_eq!(
-        exclusions["podCidrs"],
+        exclusions["podCIDRs"],
         json!(["10.128.0.0/23", "10.128.2.0/23", "10.128.4.0/23"])
     );
-    assert_eq!(exclusions["serviceCidrs"], json!(["172.30.0.0/16"]));
-    let node_ips = exclusions["nodeIps"].as_array().unwrap();
+    assert_eq!(exclusions["serviceCIDRs"], json!(["172.30.0.0/16"]));
+    let node_ips = exclusions["nodeIPs"].as_array().unwrap();
     assert!(node_ips.contains(&json!("192.168.126.3")));
 }
 
@@ -318,13 +318,13 @@ fn cidr_flags_extend_the_exclusions() {
     ]);
     let exclusions = &doc["nodes"]["node1"]["exclusions"];
     assert!(
-        exclusions["podCidrs"]
+        exclusions["podCIDRs"]
             .as_array()
             .unwrap()
             .contains(&json!("10.128.0.0/14"))
     );
     assert!(
-        exclusions["serviceCidrs"]
+        exclusions["serviceCIDRs"]
             .as_array()
             .unwrap()
             .contains(&json!("fd00:1::/112"))
@@ -433,7 +433,7 @@ fn unreachable_node_leaves_one_ip_unassigned() {
         "{:?}",
         events(&doc)
     );
-    assert_eq!(doc["nodes"]["node1"]["egressIps"], json!([]));
+    assert_eq!(doc["nodes"]["node1"]["egressIPs"], json!([]));
     // node1 keeps sending its served pod to the remaining egress node.
     assert!(steering(&doc, "node1").contains_key(POD1));
 

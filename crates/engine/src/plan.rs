@@ -24,6 +24,7 @@ pub enum SubnetKind {
 pub struct HostedIp {
     pub ip: IpAddr,
     /// The EgressIP object.
+    #[serde(rename = "egressIPName")]
     pub egress_ip: String,
     pub mark: Option<u32>,
     pub kind: SubnetKind,
@@ -35,7 +36,9 @@ pub struct HostedIp {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SnatEntry {
+    #[serde(rename = "podIP")]
     pub pod_ip: IpAddr,
+    #[serde(rename = "egressIP")]
     pub egress_ip: IpAddr,
 }
 
@@ -43,6 +46,7 @@ pub struct SnatEntry {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SteeringEntry {
+    #[serde(rename = "podIP")]
     pub pod_ip: IpAddr,
     pub mark: u32,
 }
@@ -55,6 +59,7 @@ pub struct EgressHop {
     /// The node's tunnel endpoint address.
     pub address: IpAddr,
     /// The egress IP it hosts for this EgressIP.
+    #[serde(rename = "egressIP")]
     pub egress_ip: IpAddr,
 }
 
@@ -64,6 +69,8 @@ pub struct EgressHop {
 pub struct SteeringRoute {
     pub mark: u32,
     pub family: Family,
+    /// The EgressIP object.
+    #[serde(rename = "egressIPName")]
     pub egress_ip: String,
     pub next_hops: Vec<EgressHop>,
 }
@@ -72,8 +79,11 @@ pub struct SteeringRoute {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Exclusions {
+    #[serde(rename = "podCIDRs")]
     pub pod_cidrs: Vec<IpNet>,
+    #[serde(rename = "serviceCIDRs")]
     pub service_cidrs: Vec<IpNet>,
+    #[serde(rename = "nodeIPs")]
     pub node_ips: Vec<IpAddr>,
 }
 
@@ -82,6 +92,7 @@ pub struct Exclusions {
 #[serde(rename_all = "camelCase")]
 pub struct NodePlan {
     /// Egress IPs to place on this node's links.
+    #[serde(rename = "egressIPs")]
     pub egress_ips: Vec<HostedIp>,
     /// Pod IP → egress IP source NAT for every pod served through an egress IP hosted here.
     pub snat: Vec<SnatEntry>,
