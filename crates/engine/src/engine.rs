@@ -54,11 +54,21 @@ pub struct Changes {
     pub events: Vec<Event>,
 }
 
-/// Orders EgressIP objects: oldest first, then by name.
+/// Orders EgressIP objects: oldest first, then by name. Objects without a creation time (not yet
+/// created, e.g. in a manifest) count as the newest.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct EipKey {
-    created: Option<i64>,
+    created: i64,
     name: String,
+}
+
+impl EipKey {
+    fn of(info: &EgressIpInfo) -> EipKey {
+        EipKey {
+            created: info.created.unwrap_or(i64::MAX),
+            name: info.name.clone(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -386,14 +396,11 @@ impl Engine {
             engine.upsert_pod(pod);
         }
         let mut eips = snapshot.egress_ips;
-        eips.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
+        eips.sort_by_key(EipKey::of);
         // Marks from annotations first, so that no new allocation takes an annotated mark.
         let mut keys = Vec::with_capacity(eips.len());
         for info in &eips {
-            keys.push(EipKey {
-                created: info.created,
-                name: info.name.clone(),
-            });
+            keys.push(EipKey::of(info));
         }
         for (info, key) in eips.iter().zip(&keys) {
             if let Some(m) = info.mark
@@ -900,7 +907,7 @@ impl Engine {
         match self.eips.get(&info.name) {
             None => self.add_egress_ip(info, true),
             Some(e) if e.info == info => {}
-            Some(e) if e.key.created != info.created => {
+            Some(e) if e.key != EipKey::of(&info) => {
                 // Recreated under the same name: a new object.
                 let name = info.name.clone();
                 self.remove_egress_ip(&name);
@@ -939,10 +946,7 @@ impl Engine {
     }
 
     fn add_egress_ip(&mut self, info: EgressIpInfo, honour_status: bool) {
-        let key = EipKey {
-            created: info.created,
-            name: info.name.clone(),
-        };
+        let key = EipKey::of(&info);
         let state = EipState {
             info: info.clone(),
             key: key.clone(),

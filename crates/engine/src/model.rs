@@ -292,7 +292,7 @@ impl PodInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EgressIpInfo {
     pub name: String,
-    /// `metadata.creationTimestamp` in seconds; objects without one sort first.
+    /// `metadata.creationTimestamp` in seconds; objects without one count as the newest.
     pub created: Option<i64>,
     /// `spec.egressIPs` as written.
     pub ips: Vec<String>,

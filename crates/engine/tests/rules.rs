@@ -669,3 +669,32 @@ fn changes_name_exactly_the_touched_nodes() {
         vec!["node1", "node2", "node3"]
     );
 }
+
+#[test]
+fn objects_without_creation_time_count_as_newest() {
+    let mut manifest_only = eip("aaa", 0, &["10.0.0.101"], match_labels(&[("env", "prod")]));
+    manifest_only.created = None;
+    let snapshot = Snapshot {
+        nodes: vec![node("a", true, "10.0.0.1/24", &[])],
+        namespaces: vec![namespace("ns", &[("env", "prod")])],
+        pods: vec![pod("ns", "p", "a", &["10.128.0.5"], &[])],
+        egress_ips: vec![
+            manifest_only,
+            eip(
+                "zzz",
+                1_700_000_000,
+                &["10.0.0.101"],
+                match_labels(&[("env", "prod")]),
+            ),
+        ],
+        ..Default::default()
+    };
+    let mut engine = Engine::load(Config::default(), snapshot);
+    assert_eq!(engine.served_pods("zzz"), vec!["ns/p"]);
+    assert_eq!(status(&engine, "zzz"), pairs(&[("a", "10.0.0.101")]));
+    let events = engine.take_changes().events;
+    assert_eq!(
+        reasons(&events),
+        pairs(&[("aaa", "UndefinedRequest"), ("aaa", "UnsupportedRequest")])
+    );
+}
