@@ -1,0 +1,135 @@
+//! The nftables table against the real `nft`, inside a network namespace of the test's own.
+
+use std::process::Command;
+
+use kube_egress_linux::nft::{Nft, NftState, TABLE};
+
+/// A network namespace removed when dropped (also on panic).
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Option<Netns> {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipping: network namespace tests need root");
+            return None;
+        }
+        let name = format!("ke{}-nft-{tag}", std::process::id());
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "ip netns add {name}");
+        Some(Netns(name))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn listed(ns: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "list", "table", "inet", TABLE])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sample() -> NftState {
+    let mut s = NftState::default();
+    s.excluded.insert("10.128.0.0/14".parse().unwrap());
+    s.excluded.insert("172.30.0.0/16".parse().unwrap());
+    s.excluded.insert("192.168.126.2/32".parse().unwrap());
+    s.excluded.insert("fd01::/48".parse().unwrap());
+    s.steer.insert("10.128.2.10".parse().unwrap(), 50000);
+    s.link_marks.insert("10.128.2.11".parse().unwrap(), 1003);
+    s.snat.insert(
+        ("10.128.2.10".parse().unwrap(), "eth0".into()),
+        "192.168.126.10".parse().unwrap(),
+    );
+    s.snat.insert(
+        ("fd01::5".parse().unwrap(), "eth1".into()),
+        "fd00::10".parse().unwrap(),
+    );
+    s
+}
+
+#[tokio::test]
+async fn full_table_then_element_diffs_round_trip() {
+    let Some(ns) = Netns::new("rt") else { return };
+    let nft = Nft::in_netns(&ns.0, "kegress0");
+    assert_eq!(nft.read().await.unwrap(), None);
+
+    let state = sample();
+    nft.apply(&nft.full_batch(&state)).await.unwrap();
+    assert_eq!(nft.read().await.unwrap(), Some(state.clone()));
+    let text = listed(&ns.0);
+    assert!(
+        text.contains("meta mark set ip saddr map @steer_v4"),
+        "{text}"
+    );
+    assert!(
+        text.contains("snat ip to ip saddr . oifname map @snat_v4"),
+        "{text}"
+    );
+    assert!(text.contains("oifname \"kegress0\""), "{text}");
+
+    // Element changes only.
+    let mut next = state.clone();
+    next.steer.insert("10.128.2.10".parse().unwrap(), 50001);
+    next.steer.insert("10.128.2.12".parse().unwrap(), 50002);
+    next.snat
+        .remove(&("fd01::5".parse().unwrap(), "eth1".to_string()));
+    next.excluded.remove(&"172.30.0.0/16".parse().unwrap());
+    next.excluded.insert("172.31.0.0/16".parse().unwrap());
+    nft.apply(&nft.diff_batch(&state, &next).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(nft.read().await.unwrap(), Some(next.clone()));
+
+    // Applying the full batch again replaces the table atomically and is idempotent.
+    nft.apply(&nft.full_batch(&next)).await.unwrap();
+    assert_eq!(nft.read().await.unwrap(), Some(next));
+
+    nft.delete_table().await.unwrap();
+    assert_eq!(nft.read().await.unwrap(), None);
+    nft.delete_table().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_batch_changes_nothing() {
+    let Some(ns) = Netns::new("fail") else { return };
+    let nft = Nft::in_netns(&ns.0, "kegress0");
+    let state = sample();
+    nft.apply(&nft.full_batch(&state)).await.unwrap();
+    // Deleting an element that does not exist fails the whole batch, including the add before it.
+    let mut gone = state.clone();
+    gone.steer.insert("10.128.9.9".parse().unwrap(), 50009);
+    let mut bogus = NftState::default();
+    bogus.steer.insert("10.128.7.7".parse().unwrap(), 50007);
+    let mut batch = nft.diff_batch(&state, &gone).unwrap();
+    let bad = nft.diff_batch(&bogus, &NftState::default()).unwrap();
+    batch["nftables"]
+        .as_array_mut()
+        .unwrap()
+        .extend(bad["nftables"].as_array().unwrap().iter().cloned());
+    let err = nft.apply(&batch).await.unwrap_err().to_string();
+    assert!(err.contains("nft apply failed"), "{err}");
+    assert_eq!(nft.read().await.unwrap(), Some(state));
+}
+
+#[tokio::test]
+async fn a_table_of_another_layout_reads_as_absent() {
+    let Some(ns) = Netns::new("layout") else {
+        return;
+    };
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "nft", "add", "table", "inet", TABLE])
+        .status()
+        .unwrap();
+    assert!(out.success());
+    let nft = Nft::in_netns(&ns.0, "kegress0");
+    assert_eq!(nft.read().await.unwrap(), None);
+}
