@@ -1,6 +1,8 @@
 //! The incremental engine: object changes in, statuses, Events and node plans out.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::net::IpAddr;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
@@ -77,15 +79,15 @@ struct EipState {
     key: EipKey,
     /// `None` when the selector is invalid: the object then selects nothing.
     namespace_selector: Option<Selector>,
-    pod_selector: Option<Selector>,
+    pod_selector: Option<Arc<Selector>>,
     /// Valid, normalised, distinct IPs in spec order.
     wanted: Vec<IpAddr>,
     /// Assigned IPs and their nodes.
     held: BTreeMap<IpAddr, String>,
     mark: Option<u32>,
     namespaces: HashSet<String>,
-    /// Keys (`ns/name`) of the pods this object serves.
-    served: BTreeSet<String>,
+    /// Keys (`ns/name`) of the pods this object serves, with their IPs.
+    served: HashMap<Arc<str>, Vec<IpAddr>>,
     /// Number of served pods per node.
     served_nodes: HashMap<String, usize>,
     /// Current problems by identity, so each Event is raised once per occurrence.
@@ -110,8 +112,10 @@ impl NodeState {
 #[derive(Debug, Default)]
 struct NamespaceState {
     labels: Option<std::collections::BTreeMap<String, String>>,
-    eips: BTreeSet<EipKey>,
-    pods: BTreeSet<String>,
+    /// The EgressIPs selecting this namespace, with their pod selectors.
+    eips: BTreeMap<EipKey, Arc<Selector>>,
+    /// Pod names.
+    pods: HashSet<String>,
 }
 
 #[derive(Debug)]
@@ -277,6 +281,31 @@ impl LabelIndex {
     }
 }
 
+/// The EgressIPs whose selectors match a pod (none when the pod cannot be served).
+fn matching_eips(ns: Option<&NamespaceState>, info: &PodInfo) -> BTreeSet<EipKey> {
+    match ns {
+        Some(ns) if info.servable() => ns
+            .eips
+            .iter()
+            .filter(|(_, pod_selector)| pod_selector.matches(&info.labels))
+            .map(|(k, _)| k.clone())
+            .collect(),
+        _ => BTreeSet::new(),
+    }
+}
+
+fn undefined_request(standby: &EipKey, pod: &str, serving: &EipKey) -> Event {
+    Event::warning(
+        "EgressIP",
+        &standby.name,
+        reason::UNDEFINED_REQUEST,
+        format!(
+            "EgressIP object {} will not be configured for pod {pod} since another egressIP object {} is serving it, this is undefined",
+            standby.name, serving.name
+        ),
+    )
+}
+
 fn add_count<K: Ord + Clone>(map: &mut BTreeMap<K, usize>, k: &K) -> bool {
     let c = map.entry(k.clone()).or_default();
     *c += 1;
@@ -303,8 +332,9 @@ pub struct Engine {
     nodes: HashMap<String, NodeState>,
     unreachable: HashSet<String>,
     namespaces: HashMap<String, NamespaceState>,
-    pods: HashMap<String, PodState>,
-    pods_by_node: HashMap<String, BTreeSet<String>>,
+    /// Pods by key (`namespace/name`).
+    pods: HashMap<Arc<str>, PodState>,
+    pods_by_node: HashMap<String, HashSet<Arc<str>>>,
     eips: HashMap<String, EipState>,
 
     namespace_labels: LabelIndex,
@@ -332,7 +362,10 @@ pub struct Engine {
     exclusions_stale: bool,
 
     queue: BTreeSet<EipKey>,
+    /// Defers reconciling while a snapshot is loaded.
     loading: bool,
+    /// Skips tracking dirty nodes while a snapshot is loaded (every plan is new).
+    bulk: bool,
     changes: Changes,
 }
 
@@ -341,31 +374,32 @@ impl Engine {
     pub fn new(config: Config) -> Engine {
         let mut engine = Engine {
             config: Config::default(),
-            nodes: HashMap::new(),
-            unreachable: HashSet::new(),
-            namespaces: HashMap::new(),
-            pods: HashMap::new(),
-            pods_by_node: HashMap::new(),
-            eips: HashMap::new(),
+            nodes: HashMap::default(),
+            unreachable: HashSet::default(),
+            namespaces: HashMap::default(),
+            pods: HashMap::default(),
+            pods_by_node: HashMap::default(),
+            eips: HashMap::default(),
             namespace_labels: LabelIndex::default(),
             namespace_selectors: SelectorIndex::default(),
             network_index: NetworkIndex::default(),
             eligible_nodes: 0,
-            assigned: HashMap::new(),
-            claims: HashMap::new(),
-            host_ips: HashMap::new(),
+            assigned: HashMap::default(),
+            claims: HashMap::default(),
+            host_ips: HashMap::default(),
             pending: BTreeSet::new(),
-            used_marks: HashMap::new(),
+            used_marks: HashMap::default(),
             free_marks: MARK_RANGE.collect(),
             without_mark: BTreeSet::new(),
             pod_cidrs: BTreeMap::new(),
             service_cidrs: BTreeMap::new(),
-            service_cidr_objects: HashMap::new(),
+            service_cidr_objects: HashMap::default(),
             node_ips: BTreeMap::new(),
             exclusions: Arc::default(),
             exclusions_stale: false,
             queue: BTreeSet::new(),
             loading: false,
+            bulk: false,
             changes: Changes::default(),
         };
         engine.set_config(config);
@@ -378,6 +412,7 @@ impl Engine {
     pub fn load(config: Config, snapshot: Snapshot) -> Engine {
         let mut engine = Engine::new(config);
         engine.loading = true;
+        engine.bulk = true;
         for name in &snapshot.unreachable {
             engine.unreachable.insert(name.clone());
         }
@@ -392,6 +427,7 @@ impl Engine {
         for ns in snapshot.namespaces {
             engine.upsert_namespace(ns);
         }
+        engine.pods.reserve(snapshot.pods.len());
         for pod in snapshot.pods {
             engine.upsert_pod(pod);
         }
@@ -414,14 +450,20 @@ impl Engine {
         for info in eips {
             engine.add_egress_ip(info, true);
         }
-        // Pods are matched once, against every object, rather than once per object.
-        let mut pods: Vec<String> = engine.pods.keys().cloned().collect();
-        pods.sort();
-        for pod in pods {
-            engine.rematch_pod(&pod);
-        }
+        engine.match_all_pods();
         engine.loading = false;
         engine.drain();
+        engine.bulk = false;
+        // Events in a stable order whatever the order of the input.
+        engine.changes.events.sort();
+        // Every plan is new.
+        let nodes: Vec<String> = engine
+            .nodes
+            .keys()
+            .chain(engine.pods_by_node.keys())
+            .cloned()
+            .collect();
+        engine.changes.nodes.extend(nodes);
         engine
     }
 
@@ -698,34 +740,37 @@ impl Engine {
             self.namespace_labels.insert(name, new);
         }
         state.labels = labels.clone();
-        let new_eips: BTreeSet<EipKey> = match &labels {
-            None => BTreeSet::new(),
+        let new_eips: BTreeMap<EipKey, Arc<Selector>> = match &labels {
+            None => BTreeMap::new(),
             Some(labels) => self
                 .namespace_selectors
                 .candidates(labels)
                 .into_iter()
-                .filter(|k| {
-                    self.eips[&k.name]
-                        .namespace_selector
+                .filter_map(|k| {
+                    let e = &self.eips[&k.name];
+                    let pod_selector = e.pod_selector.clone()?;
+                    e.namespace_selector
                         .as_ref()
                         .is_some_and(|s| s.matches(labels))
+                        .then_some((k, pod_selector))
                 })
                 .collect(),
         };
         let state = self.namespaces.get_mut(name).expect("just inserted");
         let old_eips = std::mem::replace(&mut state.eips, new_eips.clone());
-        for key in old_eips.difference(&new_eips) {
+        for key in old_eips.keys().filter(|k| !new_eips.contains_key(*k)) {
             if let Some(e) = self.eips.get_mut(&key.name) {
                 e.namespaces.remove(name);
             }
         }
-        for key in new_eips.difference(&old_eips) {
+        for key in new_eips.keys().filter(|k| !old_eips.contains_key(*k)) {
             if let Some(e) = self.eips.get_mut(&key.name) {
                 e.namespaces.insert(name.to_string());
             }
         }
         if old_eips != new_eips {
-            let pods: Vec<String> = state.pods.iter().map(|p| format!("{name}/{p}")).collect();
+            let mut pods: Vec<String> = state.pods.iter().map(|p| format!("{name}/{p}")).collect();
+            pods.sort();
             for pod in pods {
                 self.rematch_pod(&pod);
             }
@@ -739,7 +784,7 @@ impl Engine {
     // Pods
 
     pub fn upsert_pod(&mut self, info: PodInfo) {
-        let key = info.key();
+        let key: Arc<str> = Arc::from(info.key());
         if self.pods.get(&key).is_some_and(|p| p.info == info) {
             return;
         }
@@ -776,22 +821,29 @@ impl Engine {
 
     /// The EgressIPs whose selectors match the pod (empty when the pod cannot be served).
     fn matching_eips(&self, info: &PodInfo) -> BTreeSet<EipKey> {
-        if !info.servable() {
-            return BTreeSet::new();
+        matching_eips(self.namespaces.get(&info.namespace), info)
+    }
+
+    /// Matches every pod once against every object (loading), rather than once per object.
+    fn match_all_pods(&mut self) {
+        let mut served = Vec::new();
+        let mut events = Vec::new();
+        let namespaces = &self.namespaces;
+        for (key, pod) in self.pods.iter_mut() {
+            pod.matching = matching_eips(namespaces.get(&pod.info.namespace), &pod.info);
+            let Some(serving) = pod.matching.first() else {
+                continue;
+            };
+            let (node, ips) = (pod.info.node.clone(), pod.info.ips.clone());
+            served.push((serving.clone(), key.clone(), node, ips));
+            for standby in pod.matching.iter().skip(1) {
+                events.push(undefined_request(standby, key, serving));
+            }
         }
-        let Some(ns) = self.namespaces.get(&info.namespace) else {
-            return BTreeSet::new();
-        };
-        ns.eips
-            .iter()
-            .filter(|k| {
-                self.eips[&k.name]
-                    .pod_selector
-                    .as_ref()
-                    .is_some_and(|s| s.matches(&info.labels))
-            })
-            .cloned()
-            .collect()
+        for (serving, key, node, ips) in served {
+            self.serve(&serving, &key, node.as_deref(), &ips);
+        }
+        self.changes.events.extend(events);
     }
 
     /// Removes a pod and everything it contributes; returns its old state.
@@ -810,45 +862,46 @@ impl Engine {
         }
         if let Some(serving) = old.serving() {
             let serving = serving.clone();
-            self.unserve(&serving, key, &old.info);
+            self.unserve(&serving, key, old.info.node.as_deref());
         }
         Some(old)
     }
 
     /// Records the matching set of a freshly inserted pod and its serving object.
-    fn attach_pod(&mut self, key: &str, matching: BTreeSet<EipKey>, before: BTreeSet<EipKey>) {
+    fn attach_pod(&mut self, key: &Arc<str>, matching: BTreeSet<EipKey>, before: BTreeSet<EipKey>) {
         let pod = self.pods.get_mut(key).expect("attached pod exists");
         pod.matching = matching;
-        let info = pod.info.clone();
         if let Some(serving) = pod.serving().cloned() {
-            self.serve(&serving, key, &info);
+            let (node, ips) = (pod.info.node.clone(), pod.info.ips.clone());
+            self.serve(&serving, key, node.as_deref(), &ips);
         }
         self.report_standby(key, &before);
     }
 
     /// Recomputes which EgressIPs match a pod after a selector or namespace change.
     fn rematch_pod(&mut self, key: &str) {
-        let Some(pod) = self.pods.get(key) else {
+        let Some((key, pod)) = self.pods.get_key_value(key) else {
             return;
         };
+        let key = key.clone();
         let matching = self.matching_eips(&pod.info);
         if matching == pod.matching {
             return;
         }
-        let info = pod.info.clone();
+        let (node, ips) = (pod.info.node.clone(), pod.info.ips.clone());
         let old_serving = pod.serving().cloned();
         let before = pod.matching.clone();
         let new_serving = matching.first().cloned();
         if old_serving != new_serving {
             if let Some(old) = &old_serving {
-                self.unserve(old, key, &info);
+                self.unserve(old, &key, node.as_deref());
             }
             if let Some(new) = &new_serving {
-                self.serve(new, key, &info);
+                self.serve(new, &key, node.as_deref(), &ips);
             }
         }
-        self.pods.get_mut(key).expect("pod exists").matching = matching;
-        self.report_standby(key, &before);
+        self.pods.get_mut(&key).expect("pod exists").matching = matching;
+        self.report_standby(&key, &before);
     }
 
     /// Raises `UndefinedRequest` for each object that newly stands by for a pod served by another.
@@ -861,41 +914,42 @@ impl Engine {
             let was_standby_behind_same =
                 before.first() == Some(serving) && before.contains(standby);
             if !was_standby_behind_same {
-                self.changes.events.push(Event::warning(
-                    "EgressIP",
-                    &standby.name,
-                    reason::UNDEFINED_REQUEST,
-                    format!(
-                        "EgressIP object {} will not be configured for pod {} since another egressIP object {} is serving it, this is undefined",
-                        standby.name, key, serving.name
-                    ),
-                ));
+                self.changes
+                    .events
+                    .push(undefined_request(standby, key, serving));
             }
         }
     }
 
-    fn serve(&mut self, eip: &EipKey, pod_key: &str, info: &PodInfo) {
+    fn serve(&mut self, eip: &EipKey, pod_key: &Arc<str>, node: Option<&str>, ips: &[IpAddr]) {
         let e = self.eips.get_mut(&eip.name).expect("serving object exists");
-        e.served.insert(pod_key.to_string());
-        let node = info.node.clone().expect("served pods are scheduled");
-        *e.served_nodes.entry(node.clone()).or_default() += 1;
-        self.changes.nodes.insert(node);
-        self.changes.nodes.extend(e.held.values().cloned());
+        e.served.insert(pod_key.clone(), ips.to_vec());
+        let node = node.expect("served pods are scheduled");
+        match e.served_nodes.get_mut(node) {
+            Some(count) => *count += 1,
+            None => {
+                e.served_nodes.insert(node.to_string(), 1);
+            }
+        }
+        if !self.bulk {
+            self.changes.nodes.insert(node.to_string());
+            self.changes.nodes.extend(e.held.values().cloned());
+        }
     }
 
-    fn unserve(&mut self, eip: &EipKey, pod_key: &str, info: &PodInfo) {
+    fn unserve(&mut self, eip: &EipKey, pod_key: &str, node: Option<&str>) {
         let Some(e) = self.eips.get_mut(&eip.name) else {
             return;
         };
         e.served.remove(pod_key);
-        if let Some(node) = &info.node {
+        if let Some(node) = node {
             if let Some(c) = e.served_nodes.get_mut(node) {
                 *c -= 1;
                 if *c == 0 {
                     e.served_nodes.remove(node);
                 }
             }
-            self.changes.nodes.insert(node.clone());
+            self.changes.nodes.insert(node.to_string());
         }
         self.changes.nodes.extend(e.held.values().cloned());
     }
@@ -955,9 +1009,9 @@ impl Engine {
             wanted: Vec::new(),
             held: BTreeMap::new(),
             mark: None,
-            namespaces: HashSet::new(),
-            served: BTreeSet::new(),
-            served_nodes: HashMap::new(),
+            namespaces: HashSet::default(),
+            served: HashMap::default(),
+            served_nodes: HashMap::default(),
             problems: BTreeMap::new(),
         };
         self.eips.insert(info.name.clone(), state);
@@ -1113,7 +1167,9 @@ impl Engine {
             e.problems.insert(id, event);
         }
         match (&info.namespace_selector, &info.pod_selector) {
-            (Ok(ns), Ok(pod)) => self.set_selection(key, Some(ns.clone()), Some(pod.clone())),
+            (Ok(ns), Ok(pod)) => {
+                self.set_selection(key, Some(ns.clone()), Some(Arc::new(pod.clone())))
+            }
             _ => self.set_selection(key, None, None),
         }
     }
@@ -1123,7 +1179,7 @@ impl Engine {
         &mut self,
         key: &EipKey,
         namespace_selector: Option<Selector>,
-        pod_selector: Option<Selector>,
+        pod_selector: Option<Arc<Selector>>,
     ) {
         let e = self.eips.get_mut(&key.name).expect("present");
         if let Some(old) = e.namespace_selector.take() {
@@ -1145,7 +1201,7 @@ impl Engine {
                     })
                     .collect()
             }
-            None => HashSet::new(),
+            None => HashSet::default(),
         };
         let e = self.eips.get_mut(&key.name).expect("present");
         let old_namespaces = std::mem::replace(&mut e.namespaces, new_namespaces.clone());
@@ -1154,9 +1210,11 @@ impl Engine {
                 s.eips.remove(key);
             }
         }
-        for ns in &new_namespaces {
-            if let Some(s) = self.namespaces.get_mut(ns) {
-                s.eips.insert(key.clone());
+        if let Some(pod_selector) = &e.pod_selector {
+            for ns in &new_namespaces {
+                if let Some(s) = self.namespaces.get_mut(ns) {
+                    s.eips.insert(key.clone(), pod_selector.clone());
+                }
             }
         }
         if self.loading {
@@ -1168,7 +1226,8 @@ impl Engine {
             let Some(s) = self.namespaces.get(&ns) else {
                 continue;
             };
-            let pods: Vec<String> = s.pods.iter().map(|p| format!("{ns}/{p}")).collect();
+            let mut pods: Vec<String> = s.pods.iter().map(|p| format!("{ns}/{p}")).collect();
+            pods.sort();
             for pod in pods {
                 self.rematch_pod(&pod);
             }
@@ -1224,8 +1283,12 @@ impl Engine {
         }
     }
 
-    /// Every node with pods of this object steers by its egress nodes.
+    /// Every node with pods of this object steers by its egress nodes. (While loading every plan
+    /// is new anyway.)
     fn mark_steering_dirty(&mut self, name: &str) {
+        if self.bulk {
+            return;
+        }
         if let Some(e) = self.eips.get(name) {
             self.changes.nodes.extend(e.served_nodes.keys().cloned());
             self.changes.nodes.extend(e.held.values().cloned());
@@ -1309,7 +1372,7 @@ impl Engine {
         // Which IPs this object may have, and which of its current assignments stay.
         let mut usable: Vec<IpAddr> = Vec::new();
         let mut moving: Vec<IpAddr> = Vec::new();
-        let mut kept_nodes: HashSet<String> = HashSet::new();
+        let mut kept_nodes: HashSet<String> = HashSet::default();
         for ip in &wanted {
             let held_here = self.eips[&name].held.get(ip).cloned();
             if held_here.is_none() {
@@ -1516,7 +1579,11 @@ impl Engine {
     pub fn served_pods(&self, name: &str) -> Vec<String> {
         self.eips
             .get(name)
-            .map(|e| e.served.iter().cloned().collect())
+            .map(|e| {
+                let mut pods: Vec<String> = e.served.keys().map(|k| k.to_string()).collect();
+                pods.sort();
+                pods
+            })
             .unwrap_or_default()
     }
 
@@ -1545,8 +1612,8 @@ impl Engine {
                     subnet,
                 });
                 let family = Family::of(ip);
-                for pod in &e.served {
-                    for pod_ip in &self.pods[pod].info.ips {
+                for pod_ips in e.served.values() {
+                    for pod_ip in pod_ips {
                         if Family::of(pod_ip) == family {
                             plan.snat.push(SnatEntry {
                                 pod_ip: *pod_ip,
