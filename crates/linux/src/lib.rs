@@ -2,4 +2,5 @@
 //! a VXLAN device, neighbours) in the current network namespace, reads back what exists, and
 //! applies only the difference. It owns only what it tagged; see the docs of each module.
 
+pub mod desired;
 pub mod nft;
