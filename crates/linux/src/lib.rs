@@ -3,4 +3,6 @@
 //! applies only the difference. It owns only what it tagged; see the docs of each module.
 
 pub mod desired;
+pub mod netlink;
+pub mod netns;
 pub mod nft;
