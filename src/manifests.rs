@@ -211,6 +211,31 @@ impl Manifests {
     }
 
     /// Whether no object was loaded.
+    /// The engine's view of the objects (reachability not included).
+    pub fn snapshot(&self) -> kube_egress_engine::Snapshot {
+        use kube_egress_engine::{EgressIpInfo, NamespaceInfo, NodeInfo, PodInfo};
+        kube_egress_engine::Snapshot {
+            nodes: self.nodes.iter().map(NodeInfo::from_node).collect(),
+            namespaces: self
+                .namespaces
+                .iter()
+                .map(NamespaceInfo::from_namespace)
+                .collect(),
+            pods: self.pods.iter().map(PodInfo::from_pod).collect(),
+            egress_ips: self
+                .egress_ips
+                .iter()
+                .map(EgressIpInfo::from_egress_ip)
+                .collect(),
+            service_cidrs: self
+                .service_cidrs
+                .iter()
+                .map(|s| (s.name.clone(), s.cidrs.clone()))
+                .collect(),
+            unreachable: Vec::new(),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.sources.is_empty()
     }

@@ -12,10 +12,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use ipnet::IpNet;
 use kube_egress_api::{EGRESSIP_MARK_ANNOTATION, EgressIP, EgressIPStatus};
-use kube_egress_engine::{
-    Config, EgressIpInfo, Engine, Event, Family, NamespaceInfo, NodeInfo, NodePlan, PodInfo,
-    Snapshot, SubnetKind,
-};
+use kube_egress_engine::{Config, Engine, Event, Family, NodeInfo, NodePlan, PodInfo, SubnetKind};
 use serde::Serialize;
 
 use crate::manifests::Manifests;
@@ -151,26 +148,8 @@ impl Plan {
             .iter()
             .flat_map(|p| p.ips.iter().map(move |ip| (*ip, p.key())))
             .collect();
-        let snapshot = Snapshot {
-            nodes: nodes.clone(),
-            namespaces: manifests
-                .namespaces
-                .iter()
-                .map(NamespaceInfo::from_namespace)
-                .collect(),
-            pods,
-            egress_ips: manifests
-                .egress_ips
-                .iter()
-                .map(EgressIpInfo::from_egress_ip)
-                .collect(),
-            service_cidrs: manifests
-                .service_cidrs
-                .iter()
-                .map(|s| (s.name.clone(), s.cidrs.clone()))
-                .collect(),
-            unreachable: unreachable.to_vec(),
-        };
+        let mut snapshot = manifests.snapshot();
+        snapshot.unreachable = unreachable.to_vec();
         let mut engine = Engine::load(config, snapshot);
         let events = engine.take_changes().events;
 

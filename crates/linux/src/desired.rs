@@ -15,40 +15,21 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use kube_egress_engine::{Family, NodePlan, SubnetKind};
 
+use crate::netlink::LINK_TABLE_BASE;
 use crate::nft::NftState;
 
 /// Priority of every ip rule we own.
 pub const RULE_PRIORITY: u32 = 6000;
-/// Route table (and packet mark) of a secondary link: `LINK_TABLE_BASE + ifindex`, as OVN-Kubernetes.
-pub const LINK_TABLE_BASE: u32 = 1000;
 /// Name of the VXLAN device that carries steered traffic to egress nodes.
 pub const TUNNEL_DEVICE: &str = "kegress0";
 /// VXLAN network identifier of the tunnel.
 pub const TUNNEL_VNI: u32 = 19269;
 /// UDP port of the tunnel (not 4789 or 8472, which CNIs use).
 pub const TUNNEL_PORT: u16 = 4790;
-
-/// A link of the node with its addresses, as read from the kernel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LinkFacts {
-    pub index: u32,
-    pub name: String,
-    pub up: bool,
-    /// Addresses usable to find the link of an egress IP: no /32 or /128, not secondary,
-    /// deprecated or link-local (the caller filters).
-    pub networks: Vec<IpNet>,
-}
-
-/// The link whose network holds `ip`, by longest-prefix match over up links.
-pub fn link_for(links: &[LinkFacts], ip: &IpAddr) -> Option<(u32, String)> {
-    links
-        .iter()
-        .filter(|l| l.up)
-        .flat_map(|l| l.networks.iter().map(move |n| (n, l)))
-        .filter(|(n, _)| n.contains(ip))
-        .max_by_key(|(n, l)| (n.prefix_len(), std::cmp::Reverse(l.index)))
-        .map(|(_, l)| (l.index, l.name.clone()))
-}
+/// An address for the tunnel device, never used for traffic: the kernel's reverse-path filter
+/// (`rp_filter` 1 or 2) drops every packet arriving on a device without an IPv4 address, and
+/// steered packets arrive on the tunnel. Link-local and /32, so no route or link selection sees it.
+pub const TUNNEL_ADDRESS: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 101, 1);
 
 /// One ip rule: `fwmark mark lookup table priority 6000`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -79,8 +60,12 @@ pub struct Problem {
     pub message: String,
 }
 
-/// The kernel objects the plan needs, given the node's links.
-pub fn desired(plan: &NodePlan, links: &[LinkFacts]) -> (Desired, Vec<Problem>) {
+/// The kernel objects the plan needs. `link_for` names the link (ifindex, name) whose network
+/// holds an egress IP (longest-prefix match over up links, see `netlink::select_link`).
+pub fn desired(
+    plan: &NodePlan,
+    link_for: impl Fn(&IpAddr) -> Option<(u32, String)>,
+) -> (Desired, Vec<Problem>) {
     let mut d = Desired::default();
     let mut problems = Vec::new();
 
@@ -97,7 +82,7 @@ pub fn desired(plan: &NodePlan, links: &[LinkFacts]) -> (Desired, Vec<Problem>) 
     // Egress IPs hosted here: the address, SNAT on its link, secondary-link routing.
     let mut egress_links: BTreeMap<IpAddr, (u32, String, SubnetKind)> = BTreeMap::new();
     for hosted in &plan.egress_ips {
-        match link_for(links, &hosted.ip) {
+        match link_for(&hosted.ip) {
             Some((index, name)) => {
                 d.addresses.insert(hosted.ip, (index, name.clone()));
                 egress_links.insert(hosted.ip, (index, name, hosted.kind));
@@ -184,45 +169,15 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn links() -> Vec<LinkFacts> {
-        vec![
-            LinkFacts {
-                index: 2,
-                name: "eth0".into(),
-                up: true,
-                networks: vec!["192.168.64.0/18".parse().unwrap()],
-            },
-            LinkFacts {
-                index: 3,
-                name: "eth1".into(),
-                up: true,
-                networks: vec!["10.10.0.0/24".parse().unwrap()],
-            },
-            LinkFacts {
-                index: 4,
-                name: "eth2".into(),
-                up: false,
-                networks: vec!["10.20.0.0/24".parse().unwrap()],
-            },
-            LinkFacts {
-                index: 5,
-                name: "eth3".into(),
-                up: true,
-                networks: vec!["10.10.0.0/16".parse().unwrap()],
-            },
-        ]
-    }
-
-    #[test]
-    fn longest_prefix_over_up_links() {
-        let l = links();
-        assert_eq!(link_for(&l, &ip("10.10.0.9")), Some((3, "eth1".into())));
-        assert_eq!(link_for(&l, &ip("10.10.7.9")), Some((5, "eth3".into())));
-        assert_eq!(link_for(&l, &ip("10.20.0.9")), None);
-        assert_eq!(
-            link_for(&l, &ip("192.168.126.10")),
+    /// eth0 holds 192.168.64.0/18 (index 2), eth1 10.10.0.0/24 (index 3).
+    fn link_for(ip: &IpAddr) -> Option<(u32, String)> {
+        if "192.168.64.0/18".parse::<IpNet>().unwrap().contains(ip) {
             Some((2, "eth0".into()))
-        );
+        } else if "10.10.0.0/24".parse::<IpNet>().unwrap().contains(ip) {
+            Some((3, "eth1".into()))
+        } else {
+            None
+        }
     }
 
     fn hosted(ip_: &str, kind: SubnetKind, subnet: &str) -> HostedIp {
@@ -260,7 +215,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let (d, problems) = desired(&plan, &links());
+        let (d, problems) = desired(&plan, link_for);
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].message.contains("10.20.0.100"));
         assert_eq!(d.addresses.len(), 2);
@@ -330,7 +285,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        let (d, problems) = desired(&plan, &links());
+        let (d, problems) = desired(&plan, link_for);
         assert!(problems.is_empty());
         assert_eq!(d.nft.steer.len(), 1);
         assert_eq!(

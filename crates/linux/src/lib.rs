@@ -2,6 +2,7 @@
 //! a VXLAN device, neighbours) in the current network namespace, reads back what exists, and
 //! applies only the difference. It owns only what it tagged; see the docs of each module.
 
+pub mod applier;
 pub mod desired;
 pub mod netlink;
 pub mod netns;

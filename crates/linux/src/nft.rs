@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! table inet kube_egress {
-//!   set layout_1 { type mark; }                              # names the layout version
+//!   set layout_2 { type mark; }                              # names the layout version
 //!   set excluded_v4 { type ipv4_addr; flags interval; }      # pod CIDRs, service CIDRs, node IPs
 //!   map steer_v4 { type ipv4_addr : mark; }                  # local pod IP -> EgressIP mark
 //!   map link_v4 { type ipv4_addr : mark; }                   # pod IP -> secondary-link mark
@@ -11,6 +11,9 @@
 //!   chain prerouting {                          # filter, prerouting, priority dstnat + 10
 //!     ip daddr != @excluded_v4 meta mark set ip saddr map @steer_v4
 //!     ip daddr != @excluded_v4 meta mark set ip saddr map @link_v4
+//!   }
+//!   chain tunnel_out {                          # filter, postrouting, priority srcnat - 20
+//!     oifname <tunnel> meta mark set 0          # the outer packet must not be steered again
 //!   }
 //!   chain postrouting {                         # nat, postrouting, priority srcnat - 10
 //!     ip daddr != @excluded_v4 snat ip to ip saddr . oifname map @snat_v4
@@ -38,11 +41,14 @@ use tokio::io::AsyncWriteExt;
 pub const TABLE: &str = "kube_egress";
 /// An empty set whose name marks the layout of the table; a table without it is replaced as a
 /// whole. (nft 1.0.6 drops table comments given in JSON, so a comment cannot carry this.)
-pub const LAYOUT: &str = "layout_1";
+pub const LAYOUT: &str = "layout_2";
 /// Priority of the prerouting chain: after DNAT (-100), so service traffic is judged by endpoint.
 pub const PREROUTING_PRIORITY: i32 = -90;
 /// Priority of the NAT chain: before a CNI's masquerade (srcnat, 100).
 pub const POSTROUTING_PRIORITY: i32 = 90;
+/// Priority of the chain that clears our mark on packets entering the tunnel: the VXLAN device
+/// routes the outer packet with the inner packet's mark, which would send it back into the tunnel.
+pub const TUNNEL_OUT_PRIORITY: i32 = 80;
 
 /// The content of the table that changes with the plan.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -157,6 +163,17 @@ impl Nft {
             "type": "filter", "hook": "prerouting", "prio": PREROUTING_PRIORITY, "policy": "accept"}}}));
         cmds.push(json!({"add": {"chain": {"family": "inet", "table": TABLE, "name": "postrouting",
             "type": "nat", "hook": "postrouting", "prio": POSTROUTING_PRIORITY, "policy": "accept"}}}));
+        cmds.push(
+            json!({"add": {"chain": {"family": "inet", "table": TABLE, "name": "tunnel_out",
+            "type": "filter", "hook": "postrouting", "prio": TUNNEL_OUT_PRIORITY,
+            "policy": "accept"}}}),
+        );
+        cmds.push(json!({"add": {"rule": {"family": "inet", "table": TABLE,
+        "chain": "tunnel_out", "expr": [
+            {"match": {"op": "==", "left": {"meta": {"key": "oifname"}},
+                "right": self.tunnel_device}},
+            {"mangle": {"key": {"meta": {"key": "mark"}}, "value": 0}}
+        ]}}}));
         for v6 in [false, true] {
             let s = suffix(v6);
             for map in ["steer", "link"] {
