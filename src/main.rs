@@ -3,6 +3,7 @@
 //! One binary, one subcommand per role. Each subcommand lives in its own module with a clap
 //! `Args` struct and a `run` function; this file only dispatches.
 
+mod agent_cmd;
 mod manifests;
 mod plan_cmd;
 
@@ -21,12 +22,15 @@ struct Cli {
 enum Command {
     /// Compute EgressIP statuses, Events and per-node plans from manifests, offline.
     Plan(plan_cmd::PlanArgs),
+    /// Program this node's egress data plane (Linux) and keep it in line with the plan.
+    Agent(agent_cmd::AgentArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Plan(args) => plan_cmd::run(args),
+        Command::Agent(args) => agent_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
