@@ -61,14 +61,14 @@ pub struct Changes {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct EipKey {
     created: i64,
-    name: String,
+    name: Arc<str>,
 }
 
 impl EipKey {
     fn of(info: &EgressIpInfo) -> EipKey {
         EipKey {
             created: info.created.unwrap_or(i64::MAX),
-            name: info.name.clone(),
+            name: Arc::from(info.name.as_str()),
         }
     }
 }
@@ -114,6 +114,8 @@ struct NamespaceState {
     labels: Option<std::collections::BTreeMap<String, String>>,
     /// The EgressIPs selecting this namespace, with their pod selectors.
     eips: BTreeMap<EipKey, Arc<Selector>>,
+    /// The same pod selectors, indexed by label.
+    pod_selectors: SelectorIndex,
     /// Pod names.
     pods: HashSet<String>,
 }
@@ -133,7 +135,9 @@ impl PodState {
 /// Selectors indexed by a label condition every matching object satisfies.
 #[derive(Debug, Default)]
 struct SelectorIndex {
-    by_label: HashMap<(String, String), HashSet<EipKey>>,
+    /// key → value → selectors requiring `key=value` (or `key in (…value…)`).
+    by_label: HashMap<String, HashMap<String, HashSet<EipKey>>>,
+    /// key → selectors requiring `key` to exist.
     by_key: HashMap<String, HashSet<EipKey>>,
     unindexed: HashSet<EipKey>,
 }
@@ -143,16 +147,16 @@ impl SelectorIndex {
         match selector.index_hint() {
             IndexHint::Label(k, v) => {
                 self.by_label
-                    .entry((k.to_string(), v.to_string()))
+                    .entry(k.to_string())
+                    .or_default()
+                    .entry(v.to_string())
                     .or_default()
                     .insert(key.clone());
             }
             IndexHint::AnyOf(k, vs) => {
+                let values = self.by_label.entry(k.to_string()).or_default();
                 for v in vs {
-                    self.by_label
-                        .entry((k.to_string(), v.clone()))
-                        .or_default()
-                        .insert(key.clone());
+                    values.entry(v.clone()).or_default().insert(key.clone());
                 }
             }
             IndexHint::Key(k) => {
@@ -168,20 +172,11 @@ impl SelectorIndex {
     }
 
     fn remove(&mut self, key: &EipKey, selector: &Selector) {
-        let drop_from = |map: &mut HashMap<(String, String), HashSet<EipKey>>,
-                         k: (String, String)| {
-            if let Some(set) = map.get_mut(&k) {
-                set.remove(key);
-                if set.is_empty() {
-                    map.remove(&k);
-                }
-            }
-        };
         match selector.index_hint() {
-            IndexHint::Label(k, v) => drop_from(&mut self.by_label, (k.into(), v.into())),
+            IndexHint::Label(k, v) => self.remove_label(k, v, key),
             IndexHint::AnyOf(k, vs) => {
                 for v in vs {
-                    drop_from(&mut self.by_label, (k.into(), v.clone()))
+                    self.remove_label(k, v, key);
                 }
             }
             IndexHint::Key(k) => {
@@ -198,17 +193,33 @@ impl SelectorIndex {
         }
     }
 
-    /// Selectors that may match an object with these labels.
-    fn candidates(&self, labels: &BTreeMap<String, String>) -> BTreeSet<EipKey> {
-        let mut out: BTreeSet<EipKey> = self.unindexed.iter().cloned().collect();
-        for (k, v) in labels {
-            if let Some(set) = self.by_label.get(&(k.clone(), v.clone())) {
-                out.extend(set.iter().cloned());
+    fn remove_label(&mut self, k: &str, v: &str, key: &EipKey) {
+        if let Some(values) = self.by_label.get_mut(k) {
+            if let Some(set) = values.get_mut(v) {
+                set.remove(key);
+                if set.is_empty() {
+                    values.remove(v);
+                }
             }
-            if let Some(set) = self.by_key.get(k) {
-                out.extend(set.iter().cloned());
+            if values.is_empty() {
+                self.by_label.remove(k);
             }
         }
+    }
+
+    /// Selectors that may match an object with these labels (sorted, without repeats).
+    fn candidates(&self, labels: &BTreeMap<String, String>) -> Vec<&EipKey> {
+        let mut out: Vec<&EipKey> = self.unindexed.iter().collect();
+        for (k, v) in labels {
+            if let Some(set) = self.by_label.get(k).and_then(|values| values.get(v)) {
+                out.extend(set.iter());
+            }
+            if let Some(set) = self.by_key.get(k) {
+                out.extend(set.iter());
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
         out
     }
 }
@@ -285,12 +296,28 @@ impl LabelIndex {
 fn matching_eips(ns: Option<&NamespaceState>, info: &PodInfo) -> BTreeSet<EipKey> {
     match ns {
         Some(ns) if info.servable() => ns
-            .eips
-            .iter()
-            .filter(|(_, pod_selector)| pod_selector.matches(&info.labels))
-            .map(|(k, _)| k.clone())
+            .pod_selectors
+            .candidates(&info.labels)
+            .into_iter()
+            .filter(|k| ns.eips[*k].matches(&info.labels))
+            .cloned()
             .collect(),
         _ => BTreeSet::new(),
+    }
+}
+
+impl NamespaceState {
+    fn add_eip(&mut self, key: &EipKey, pod_selector: Arc<Selector>) {
+        if let Some(old) = self.eips.insert(key.clone(), pod_selector.clone()) {
+            self.pod_selectors.remove(key, &old);
+        }
+        self.pod_selectors.insert(key, &pod_selector);
+    }
+
+    fn remove_eip(&mut self, key: &EipKey) {
+        if let Some(old) = self.eips.remove(key) {
+            self.pod_selectors.remove(key, &old);
+        }
     }
 }
 
@@ -429,7 +456,10 @@ impl Engine {
         }
         engine.pods.reserve(snapshot.pods.len());
         for pod in snapshot.pods {
-            engine.upsert_pod(pod);
+            // Matched once all objects are known (match_all_pods); a later duplicate wins.
+            let key: Arc<str> = Arc::from(pod.key());
+            engine.detach_pod(&key);
+            engine.index_pod(key, pod);
         }
         let mut eips = snapshot.egress_ips;
         eips.sort_by_key(EipKey::of);
@@ -632,7 +662,7 @@ impl Engine {
         if gained {
             let state = &self.nodes[name];
             for key in &self.pending {
-                let eip = &self.eips[&key.name];
+                let eip = &self.eips[&*key.name];
                 if eip
                     .wanted
                     .iter()
@@ -747,24 +777,32 @@ impl Engine {
                 .candidates(labels)
                 .into_iter()
                 .filter_map(|k| {
-                    let e = &self.eips[&k.name];
+                    let e = &self.eips[&*k.name];
                     let pod_selector = e.pod_selector.clone()?;
                     e.namespace_selector
                         .as_ref()
                         .is_some_and(|s| s.matches(labels))
-                        .then_some((k, pod_selector))
+                        .then(|| (k.clone(), pod_selector))
                 })
                 .collect(),
         };
         let state = self.namespaces.get_mut(name).expect("just inserted");
-        let old_eips = std::mem::replace(&mut state.eips, new_eips.clone());
+        let old_eips = state.eips.clone();
+        for (key, pod_selector) in &new_eips {
+            if old_eips.get(key) != Some(pod_selector) {
+                state.add_eip(key, pod_selector.clone());
+            }
+        }
         for key in old_eips.keys().filter(|k| !new_eips.contains_key(*k)) {
-            if let Some(e) = self.eips.get_mut(&key.name) {
+            state.remove_eip(key);
+        }
+        for key in old_eips.keys().filter(|k| !new_eips.contains_key(*k)) {
+            if let Some(e) = self.eips.get_mut(&*key.name) {
                 e.namespaces.remove(name);
             }
         }
         for key in new_eips.keys().filter(|k| !old_eips.contains_key(*k)) {
-            if let Some(e) = self.eips.get_mut(&key.name) {
+            if let Some(e) = self.eips.get_mut(&*key.name) {
                 e.namespaces.insert(name.to_string());
             }
         }
@@ -789,23 +827,41 @@ impl Engine {
             return;
         }
         let old = self.detach_pod(&key);
-        let ns = self.namespaces.entry(info.namespace.clone()).or_default();
-        ns.pods.insert(info.name.clone());
-        if let Some(node) = &info.node {
-            self.pods_by_node
-                .entry(node.clone())
-                .or_default()
-                .insert(key.clone());
-        }
         let matching = self.matching_eips(&info);
+        self.index_pod(key.clone(), info);
+        self.attach_pod(&key, matching, old.map(|o| o.matching).unwrap_or_default());
+    }
+
+    /// Records a pod in the pod, namespace and node indexes, matching nothing yet.
+    fn index_pod(&mut self, key: Arc<str>, info: PodInfo) {
+        match self.namespaces.get_mut(&info.namespace) {
+            Some(ns) => {
+                ns.pods.insert(info.name.clone());
+            }
+            None => {
+                let mut ns = NamespaceState::default();
+                ns.pods.insert(info.name.clone());
+                self.namespaces.insert(info.namespace.clone(), ns);
+            }
+        }
+        if let Some(node) = &info.node {
+            match self.pods_by_node.get_mut(node) {
+                Some(pods) => {
+                    pods.insert(key.clone());
+                }
+                None => {
+                    self.pods_by_node
+                        .insert(node.clone(), HashSet::from_iter([key.clone()]));
+                }
+            }
+        }
         self.pods.insert(
-            key.clone(),
+            key,
             PodState {
                 info,
                 matching: BTreeSet::new(),
             },
         );
-        self.attach_pod(&key, matching, old.map(|o| o.matching).unwrap_or_default());
     }
 
     pub fn remove_pod(&mut self, namespace: &str, name: &str) {
@@ -826,7 +882,8 @@ impl Engine {
 
     /// Matches every pod once against every object (loading), rather than once per object.
     fn match_all_pods(&mut self) {
-        let mut served = Vec::new();
+        let mut served: HashMap<Arc<str>, Vec<(Arc<str>, String, Vec<IpAddr>)>> =
+            HashMap::default();
         let mut events = Vec::new();
         let namespaces = &self.namespaces;
         for (key, pod) in self.pods.iter_mut() {
@@ -834,14 +891,28 @@ impl Engine {
             let Some(serving) = pod.matching.first() else {
                 continue;
             };
-            let (node, ips) = (pod.info.node.clone(), pod.info.ips.clone());
-            served.push((serving.clone(), key.clone(), node, ips));
+            let node = pod.info.node.clone().expect("served pods are scheduled");
+            served.entry(serving.name.clone()).or_default().push((
+                key.clone(),
+                node,
+                pod.info.ips.clone(),
+            ));
             for standby in pod.matching.iter().skip(1) {
                 events.push(undefined_request(standby, key, serving));
             }
         }
-        for (serving, key, node, ips) in served {
-            self.serve(&serving, &key, node.as_deref(), &ips);
+        for (name, pods) in served {
+            let e = self.eips.get_mut(&*name).expect("serving object exists");
+            e.served.reserve(pods.len());
+            for (key, node, ips) in pods {
+                e.served.insert(key, ips);
+                match e.served_nodes.get_mut(&node) {
+                    Some(count) => *count += 1,
+                    None => {
+                        e.served_nodes.insert(node, 1);
+                    }
+                }
+            }
         }
         self.changes.events.extend(events);
     }
@@ -922,7 +993,10 @@ impl Engine {
     }
 
     fn serve(&mut self, eip: &EipKey, pod_key: &Arc<str>, node: Option<&str>, ips: &[IpAddr]) {
-        let e = self.eips.get_mut(&eip.name).expect("serving object exists");
+        let e = self
+            .eips
+            .get_mut(&*eip.name)
+            .expect("serving object exists");
         e.served.insert(pod_key.clone(), ips.to_vec());
         let node = node.expect("served pods are scheduled");
         match e.served_nodes.get_mut(node) {
@@ -938,7 +1012,7 @@ impl Engine {
     }
 
     fn unserve(&mut self, eip: &EipKey, pod_key: &str, node: Option<&str>) {
-        let Some(e) = self.eips.get_mut(&eip.name) else {
+        let Some(e) = self.eips.get_mut(&*eip.name) else {
             return;
         };
         e.served.remove(pod_key);
@@ -958,7 +1032,7 @@ impl Engine {
     // EgressIPs
 
     pub fn upsert_egress_ip(&mut self, info: EgressIpInfo) {
-        match self.eips.get(&info.name) {
+        match self.eips.get(&*info.name) {
             None => self.add_egress_ip(info, true),
             Some(e) if e.info == info => {}
             Some(e) if e.key != EipKey::of(&info) => {
@@ -1024,7 +1098,7 @@ impl Engine {
             Some(m) => {
                 self.used_marks.insert(m, key.clone());
                 self.free_marks.remove(&m);
-                self.eips.get_mut(&info.name).expect("inserted").mark = Some(m);
+                self.eips.get_mut(&*info.name).expect("inserted").mark = Some(m);
                 if info.mark != Some(m) {
                     self.changes.egress_ips.insert(info.name.clone());
                 }
@@ -1041,7 +1115,7 @@ impl Engine {
     }
 
     fn update_egress_ip(&mut self, info: EgressIpInfo) {
-        let e = &self.eips[&info.name];
+        let e = &self.eips[&*info.name];
         let key = e.key.clone();
         let old = e.info.clone();
         if old.ips != info.ips {
@@ -1054,11 +1128,11 @@ impl Engine {
             self.set_selectors(&key, &info);
         }
         let name = info.name.clone();
-        self.eips.get_mut(&name).expect("present").info = info;
+        self.eips.get_mut(&*name).expect("present").info = info;
     }
 
     fn give_mark(&mut self, key: &EipKey) {
-        let Some(e) = self.eips.get_mut(&key.name) else {
+        let Some(e) = self.eips.get_mut(&*key.name) else {
             return;
         };
         match self.free_marks.pop_first() {
@@ -1067,7 +1141,7 @@ impl Engine {
                 self.used_marks.insert(m, key.clone());
                 self.without_mark.remove(key);
                 e.problems.remove("mark");
-                self.changes.egress_ips.insert(key.name.clone());
+                self.changes.egress_ips.insert(key.name.to_string());
                 self.mark_steering_dirty(&key.name);
             }
             None => {
@@ -1100,7 +1174,7 @@ impl Engine {
                 wanted.push(ip);
             }
         }
-        let e = self.eips.get_mut(&key.name).expect("present");
+        let e = self.eips.get_mut(&*key.name).expect("present");
         let old = std::mem::replace(&mut e.wanted, wanted.clone());
         for ip in old.iter().filter(|ip| !wanted.contains(ip)) {
             if let Some(set) = self.claims.get_mut(ip) {
@@ -1124,7 +1198,7 @@ impl Engine {
             let Ok(ip) = raw.parse::<IpAddr>() else {
                 continue;
             };
-            let e = &self.eips[&key.name];
+            let e = &self.eips[&*key.name];
             if !e.wanted.contains(&ip)
                 || e.held.contains_key(&ip)
                 || e.held.values().any(|n| n == node)
@@ -1160,7 +1234,7 @@ impl Engine {
                 ),
             );
         }
-        let e = self.eips.get_mut(&key.name).expect("present");
+        let e = self.eips.get_mut(&*key.name).expect("present");
         e.problems.retain(|id, _| !id.starts_with("selector:"));
         for (id, event) in problems {
             self.changes.events.push(event.clone());
@@ -1181,7 +1255,7 @@ impl Engine {
         namespace_selector: Option<Selector>,
         pod_selector: Option<Arc<Selector>>,
     ) {
-        let e = self.eips.get_mut(&key.name).expect("present");
+        let e = self.eips.get_mut(&*key.name).expect("present");
         if let Some(old) = e.namespace_selector.take() {
             self.namespace_selectors.remove(key, &old);
         }
@@ -1203,17 +1277,17 @@ impl Engine {
             }
             None => HashSet::default(),
         };
-        let e = self.eips.get_mut(&key.name).expect("present");
+        let e = self.eips.get_mut(&*key.name).expect("present");
         let old_namespaces = std::mem::replace(&mut e.namespaces, new_namespaces.clone());
         for ns in old_namespaces.difference(&new_namespaces) {
             if let Some(s) = self.namespaces.get_mut(ns) {
-                s.eips.remove(key);
+                s.remove_eip(key);
             }
         }
         if let Some(pod_selector) = &e.pod_selector {
             for ns in &new_namespaces {
                 if let Some(s) = self.namespaces.get_mut(ns) {
-                    s.eips.insert(key.clone(), pod_selector.clone());
+                    s.add_eip(key, pod_selector.clone());
                 }
             }
         }
@@ -1247,9 +1321,9 @@ impl Engine {
             self.network_index.insert(node, n.load(), &n.networks);
         }
         self.assigned.insert(ip, (key.clone(), node.to_string()));
-        let e = self.eips.get_mut(&key.name).expect("present");
+        let e = self.eips.get_mut(&*key.name).expect("present");
         e.held.insert(ip, node.to_string());
-        self.changes.egress_ips.insert(key.name.clone());
+        self.changes.egress_ips.insert(key.name.to_string());
         self.changes.nodes.insert(node.to_string());
         self.mark_steering_dirty(&key.name);
     }
@@ -1270,10 +1344,10 @@ impl Engine {
                 self.nodes.remove(&node);
             }
         }
-        if let Some(e) = self.eips.get_mut(&key.name) {
+        if let Some(e) = self.eips.get_mut(&*key.name) {
             e.held.remove(&ip);
         }
-        self.changes.egress_ips.insert(key.name.clone());
+        self.changes.egress_ips.insert(key.name.to_string());
         self.changes.nodes.insert(node);
         self.mark_steering_dirty(&key.name);
         // Someone else may claim the IP now.
@@ -1321,7 +1395,7 @@ impl Engine {
         // Each pass either settles an object or frees an IP for a later one; bound it anyway.
         let mut budget = 16 * (self.queue.len() + self.eips.len() + 16);
         while let Some(key) = self.queue.pop_first() {
-            if self.eips.contains_key(&key.name) {
+            if self.eips.contains_key(&*key.name) {
                 self.reconcile(&key);
             }
             budget -= 1;
@@ -1337,7 +1411,7 @@ impl Engine {
     /// the problems as Events.
     fn reconcile(&mut self, key: &EipKey) {
         let name = key.name.clone();
-        let e = &self.eips[&name];
+        let e = &self.eips[&*name];
         let wanted = e.wanted.clone();
         let raw_ips = e.info.ips.clone();
         let mut problems: BTreeMap<String, Event> = e
@@ -1374,7 +1448,7 @@ impl Engine {
         let mut moving: Vec<IpAddr> = Vec::new();
         let mut kept_nodes: HashSet<String> = HashSet::default();
         for ip in &wanted {
-            let held_here = self.eips[&name].held.get(ip).cloned();
+            let held_here = self.eips[&*name].held.get(ip).cloned();
             if held_here.is_none() {
                 match self.owner(ip) {
                     Some(owner) if owner != key => {
@@ -1430,11 +1504,11 @@ impl Engine {
         // Assign everything usable and not held, in spec order.
         let mut unassigned: Vec<IpAddr> = Vec::new();
         for ip in &usable {
-            if self.eips[&name].held.contains_key(ip) {
+            if self.eips[&*name].held.contains_key(ip) {
                 continue;
             }
             let picked = {
-                let e = &self.eips[&name];
+                let e = &self.eips[&*name];
                 let nodes = &self.nodes;
                 self.network_index.pick(
                     ip,
@@ -1453,7 +1527,7 @@ impl Engine {
         }
         // A move that found no node frees the IP for other claimants.
         for ip in &moving {
-            if !self.eips[&name].held.contains_key(ip)
+            if !self.eips[&*name].held.contains_key(ip)
                 && let Some(claimants) = self.claims.get(ip)
             {
                 self.queue
@@ -1496,7 +1570,7 @@ impl Engine {
             self.pending.remove(key);
         }
 
-        let e = self.eips.get_mut(&name).expect("present");
+        let e = self.eips.get_mut(&*name).expect("present");
         for (id, event) in &problems {
             if e.problems.get(id) != Some(event) {
                 self.changes.events.push(event.clone());
@@ -1523,11 +1597,11 @@ impl Engine {
             }
         }
         self.eips
-            .get_mut(&key.name)
+            .get_mut(&*key.name)
             .expect("present")
             .held
             .remove(&ip);
-        self.changes.egress_ips.insert(key.name.clone());
+        self.changes.egress_ips.insert(key.name.to_string());
         self.changes.nodes.insert(node);
         self.mark_steering_dirty(&key.name);
     }
@@ -1600,13 +1674,13 @@ impl Engine {
         };
         if let Some(state) = self.nodes.get(node) {
             for (ip, key) in &state.hosted {
-                let e = &self.eips[&key.name];
+                let e = &self.eips[&*key.name];
                 let Some((kind, subnet)) = state.networks.host(ip) else {
                     continue;
                 };
                 plan.egress_ips.push(HostedIp {
                     ip: *ip,
-                    egress_ip: key.name.clone(),
+                    egress_ip: key.name.to_string(),
                     mark: e.mark,
                     kind,
                     subnet,
@@ -1630,7 +1704,7 @@ impl Engine {
             let Some(serving) = pod.serving() else {
                 continue;
             };
-            let e = &self.eips[&serving.name];
+            let e = &self.eips[&*serving.name];
             let Some(mark) = e.mark else {
                 continue;
             };
@@ -1653,7 +1727,7 @@ impl Engine {
                     .or_insert_with(|| SteeringRoute {
                         mark,
                         family,
-                        egress_ip: serving.name.clone(),
+                        egress_ip: serving.name.to_string(),
                         next_hops: hops
                             .iter()
                             .filter_map(|(ip, n)| {
