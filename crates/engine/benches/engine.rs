@@ -12,6 +12,10 @@
 //! run in this process. Results are sanity-checked: the process exits non-zero when the engine
 //! produced something wrong, since a benchmark of a broken engine is worthless.
 
+/// The allocator of the `kube-egress` binary, so the figures are the product's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Command, ExitCode};

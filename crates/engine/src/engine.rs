@@ -882,8 +882,9 @@ impl Engine {
 
     /// Matches every pod once against every object (loading), rather than once per object.
     fn match_all_pods(&mut self) {
-        let mut served: HashMap<Arc<str>, Vec<(Arc<str>, String, Vec<IpAddr>)>> =
-            HashMap::default();
+        // EgressIP name → (pod key, node, pod IPs) of the pods it serves.
+        type Served = Vec<(Arc<str>, String, Vec<IpAddr>)>;
+        let mut served: HashMap<Arc<str>, Served> = HashMap::default();
         let mut events = Vec::new();
         let namespaces = &self.namespaces;
         for (key, pod) in self.pods.iter_mut() {
