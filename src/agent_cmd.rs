@@ -126,6 +126,13 @@ async fn agent(args: &AgentArgs) -> Result<()> {
             }
             bail!("the kernel does not match the plan of node {}", args.node);
         }
+        if !report.problems.is_empty() {
+            bail!(
+                "the plan of node {} cannot be carried out: {}",
+                args.node,
+                report.problems.join("; ")
+            );
+        }
         log(format!(
             "node {}: plan applied ({} changes), kernel matches",
             args.node, report.changes
