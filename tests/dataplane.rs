@@ -656,6 +656,12 @@ fn agent_restart_under_continuous_requests_loses_nothing() {
         before,
         "the restarted agent changed the data plane"
     );
+    // Adopting what exists touches nothing, not even an identical rewrite.
+    assert!(
+        second.log().contains("plan applied (0 changes)"),
+        "the restarted agent rewrote kernel state:\n{}",
+        second.log()
+    );
     for p in [Phase::Running, Phase::Down, Phase::Restarted] {
         let n = results.iter().filter(|(q, _)| *q == p).count();
         assert!(n >= 10, "only {n} requests while the agent was {p:?}");

@@ -106,7 +106,7 @@ impl Route {
     /// `default table TABLE proto 238 nexthop via X dev D onlink ...`: one equal-weight path per
     /// `(gateway, oif)`, for ECMP.
     pub fn multipath_default(family: Family, table: u32, paths: &[(IpAddr, u32)]) -> Route {
-        Route {
+        let mut route = Route {
             family,
             table,
             dst: default_net(family),
@@ -118,16 +118,26 @@ impl Route {
             kind: RouteType::Unicast,
             protocol: RouteProtocol::from(OWNER_PROTOCOL),
             onlink: false,
-            nexthops: paths
-                .iter()
-                .map(|(gateway, oif)| NextHop {
-                    gateway: Some(*gateway),
-                    oif: *oif,
-                    onlink: true,
-                    weight: 1,
-                })
-                .collect(),
+            nexthops: Vec::new(),
+        };
+        // The kernel stores a single path as a plain gateway route and reports it so: write it that
+        // way, or it never reads back equal and is rewritten on every sync.
+        if let [(gateway, oif)] = paths {
+            route.gateway = Some(*gateway);
+            route.oif = Some(*oif);
+            route.onlink = true;
+            return route;
         }
+        route.nexthops = paths
+            .iter()
+            .map(|(gateway, oif)| NextHop {
+                gateway: Some(*gateway),
+                oif: *oif,
+                onlink: true,
+                weight: 1,
+            })
+            .collect();
+        route
     }
 
     pub(crate) fn from_message(message: &RouteMessage) -> Option<Route> {
