@@ -9,7 +9,7 @@ mod plan_cmd;
 
 use std::process::ExitCode;
 
-/// mimalloc: the engine allocates many small objects; it loads a large cluster about 20% faster
+/// mimalloc: the engine allocates many small objects; it plans a large cluster about 1.3x faster
 /// than the system allocator (BENCHMARKS.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
