@@ -4,6 +4,7 @@
 //! `Args` struct and a `run` function; this file only dispatches.
 
 mod agent_cmd;
+mod lab_cmd;
 mod manifests;
 mod plan_cmd;
 
@@ -29,16 +30,20 @@ enum Command {
     Plan(plan_cmd::PlanArgs),
     /// Program this node's egress data plane (Linux) and keep it in line with the plan.
     Agent(agent_cmd::AgentArgs),
+    /// Build a 3-node cluster in network namespaces, show egress IPs working and failing over,
+    /// and remove it (needs root; never touches the host's own network namespace).
+    Lab(lab_cmd::LabArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Plan(args) => plan_cmd::run(args),
-        Command::Agent(args) => agent_cmd::run(args),
+        Command::Plan(args) => plan_cmd::run(args).map(|()| 0),
+        Command::Agent(args) => agent_cmd::run(args).map(|()| 0),
+        Command::Lab(args) => lab_cmd::run(args),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
