@@ -303,12 +303,14 @@ fn failover_text(f: &FailoverReport) -> String {
     );
     for (i, run) in f.runs.iter().enumerate() {
         s.push_str(&format!(
-            "  {:>2}. cut {} -> {}: detected {}, status {}, first request {}, all requests {}\n",
+            "  {:>2}. cut {} -> {}: detected {}, status {}, IP placed {}, steering updated {}, first request {}, all requests {}\n",
             i + 1,
             run.cut,
             run.to.as_deref().unwrap_or("-"),
             ms(run.detected_ms),
             ms(run.moved_ms),
+            ms(run.egress_node_applied_ms),
+            ms(run.pod_node_applied_ms),
             ms(run.first_request_ms),
             ms(run.recovered_ms)
         ));

@@ -53,8 +53,9 @@ pub const FAILOVER_TARGET: Duration = Duration::from_secs(1);
 
 /// How long plans may take to be applied before a step fails.
 const SETTLE: Duration = Duration::from_secs(5);
-/// A failover sample fails when no request succeeds through the new node within this.
-const FAILOVER_LIMIT: Duration = Duration::from_secs(3);
+/// A failover sample fails when no request succeeds through the new node within this, on top of
+/// the probing's worst-case detection time.
+const FAILOVER_MARGIN: Duration = Duration::from_secs(3);
 /// The period of the failover poller: the resolution of the measurement.
 const POLL_PERIOD: Duration = Duration::from_millis(10);
 /// Requests of the failover poller give up after this: well before TCP's first SYN retransmit
@@ -108,8 +109,12 @@ pub struct FailoverSample {
     pub to: Option<String>,
     /// The controller saw the node unreachable.
     pub detected_ms: Option<f64>,
-    /// `status.items` named the new node.
+    /// `status.items` named the new node (its plan was pushed).
     pub moved_ms: Option<f64>,
+    /// The new egress node's agent had applied its plan (IP placed and announced).
+    pub egress_node_applied_ms: Option<f64>,
+    /// The agent of pod2's node had applied its plan (steering to the new node).
+    pub pod_node_applied_ms: Option<f64>,
     /// The first request from pod2 that succeeded through the new node ended.
     pub first_request_ms: Option<f64>,
     /// From then on every request succeeded.
@@ -588,8 +593,9 @@ impl Scenario {
             ));
             if sample.first_request_ms.is_none() {
                 lost.push(format!(
-                    "sample {}: no request succeeded within {FAILOVER_LIMIT:?}",
-                    n + 1
+                    "sample {}: no request succeeded within {:?}",
+                    n + 1,
+                    self.failover_limit()
                 ));
             }
             let back = self.reconnect(&sample, ip)?;
@@ -628,7 +634,7 @@ impl Scenario {
         report.checks.push(check(
             "failover: the new egress node announces the IP (router's neighbour entry updated)",
             unannounced,
-            "the router's entry pointed at the new node before any request needed it",
+            "the router's neighbour entry for the IP points at the new egress node",
         ));
         report.checks.push(check(
             "failover: a reconnected node drops the IP and nothing moves back",
@@ -666,7 +672,7 @@ impl Scenario {
         let cut_done = Instant::now();
         let since_cut = |d: Duration| Some((d + (cut_done - cut)).as_secs_f64() * 1000.0);
         let mut first = None;
-        while cut.elapsed() < FAILOVER_LIMIT {
+        while cut.elapsed() < self.failover_limit() {
             first = first_success(&poller.samples(), cut_done, |s| s == ip);
             if first.is_some() {
                 break;
@@ -719,7 +725,17 @@ impl Scenario {
                 }
             }
         }
+        // The timeline after `settle`: every apply of the move is in it.
+        let events = self.cluster.events();
+        let applied = |on: &str| {
+            events.iter().find_map(|e| match &e.kind {
+                LabEventKind::Applied { node, .. } if node == on && e.at >= cut => Some(e.at - cut),
+                _ => None,
+            })
+        };
         Ok(FailoverSample {
+            egress_node_applied_ms: to.as_deref().and_then(applied).and_then(since_cut_raw),
+            pod_node_applied_ms: applied(pod2.node()).and_then(since_cut_raw),
             cut: holder,
             to,
             detected_ms: detected.and_then(since_cut_raw),
@@ -739,8 +755,11 @@ impl Scenario {
         // `reachable` answers under the controller's lock, so once it is true the controller has
         // also pushed the node its current plan and `settle` waits for that plan.
         while !self.cluster.reachable(node) {
-            if at.elapsed() > Duration::from_secs(3) {
-                return Ok(vec![format!("{node} was not seen reachable within 3 s")]);
+            if at.elapsed() > self.failover_limit() {
+                return Ok(vec![format!(
+                    "{node} was not seen reachable within {:?}",
+                    self.failover_limit()
+                )]);
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -757,6 +776,11 @@ impl Scenario {
             problems.push(format!("{node} still holds {ip}"));
         }
         Ok(problems)
+    }
+
+    /// How long a node may take to be seen lost (or back) and traffic to follow.
+    fn failover_limit(&self) -> Duration {
+        self.options.probe.worst_case_detection() + FAILOVER_MARGIN
     }
 
     fn holder(&self, name: &str) -> Option<String> {
