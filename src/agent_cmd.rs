@@ -6,21 +6,23 @@
 //! every agent reaches the same result) and applies it with the Linux applier in the network
 //! namespace it runs in. It follows the main-table routes of secondary links, re-checks the kernel
 //! periodically, and on SIGTERM/SIGINT leaves the data plane in place (a restart must not cut
-//! traffic); startup adopts what exists.
+//! traffic); startup adopts what exists. It serves its metrics on `--metrics-bind-address`.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use futures::StreamExt;
 use ipnet::IpNet;
 use kube_egress_engine::{Config, Engine, Family, NodePlan};
-use kube_egress_linux::applier::Applier;
+use kube_egress_linux::applier::{Applier, ApplyError, Report};
 use kube_egress_linux::desired::TUNNEL_DEVICE;
 use kube_egress_linux::netlink::{Change, Netlink, Subscription};
 use kube_egress_linux::nft::Nft;
+use kube_egress_metrics::{AgentMetrics, EgressTraffic, Registry};
 
 use crate::manifests::Manifests;
 
@@ -47,6 +49,14 @@ pub struct AgentArgs {
     /// How often the whole kernel state is checked against the plan.
     #[arg(long, default_value = "60", value_name = "SECONDS")]
     pub resync_seconds: u64,
+    /// Where to serve Prometheus metrics (`GET /metrics`); an empty value disables them.
+    #[arg(
+        long,
+        env = "KUBE_EGRESS_METRICS_BIND_ADDRESS",
+        default_value = "0.0.0.0:9477",
+        value_name = "ADDRESS:PORT"
+    )]
+    pub metrics_bind_address: String,
 }
 
 fn log(message: impl AsRef<str>) {
@@ -101,6 +111,66 @@ fn fingerprint(path: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     out
 }
 
+/// Starts the metrics endpoint unless it is disabled. The per egress IP counters are read from
+/// nft at each scrape, so they are always the kernel's current values.
+async fn start_metrics(address: &str) -> Result<Option<AgentMetrics>> {
+    if address.is_empty() {
+        return Ok(None);
+    }
+    let address: SocketAddr = address.parse().with_context(|| {
+        format!("--metrics-bind-address {address:?} is not an ADDRESS:PORT (an empty value disables metrics)")
+    })?;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding the metrics endpoint to {address}"))?;
+    let mut registry = Registry::default();
+    let nft = Nft::new(TUNNEL_DEVICE);
+    let metrics = AgentMetrics::register(&mut registry, move || {
+        let counters = nft.egress_counters_blocking().map_err(|e| {
+            log(format!("reading the egress IP counters: {e}"));
+            e.to_string()
+        })?;
+        Ok(counters
+            .into_iter()
+            .map(|(ip, c)| {
+                let traffic = EgressTraffic {
+                    packets: c.packets,
+                    bytes: c.bytes,
+                };
+                (ip, traffic)
+            })
+            .collect())
+    });
+    log(format!(
+        "serving metrics on http://{}/metrics",
+        listener.local_addr()?
+    ));
+    tokio::spawn(kube_egress_metrics::serve(
+        listener,
+        Arc::new(registry),
+        std::future::pending::<()>(),
+    ));
+    Ok(Some(metrics))
+}
+
+/// One apply of the plan, recorded in the metrics.
+async fn apply(
+    applier: &mut Applier,
+    plan: &NodePlan,
+    metrics: Option<&AgentMetrics>,
+) -> Result<Report, ApplyError> {
+    let started = Instant::now();
+    let result = applier.apply(plan).await;
+    if let Some(metrics) = metrics {
+        metrics.observe_apply(started.elapsed(), result.is_ok());
+        if let Ok(report) = &result {
+            metrics.set_problems(report.problems.len());
+            metrics.set_egress_ips(report.egress_ips);
+        }
+    }
+    result
+}
+
 pub fn run(args: &AgentArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -140,8 +210,10 @@ async fn agent(args: &AgentArgs) -> Result<()> {
         return Ok(());
     }
 
+    let metrics = start_metrics(&args.metrics_bind_address).await?;
+    let metrics = metrics.as_ref();
     let mut routes = Subscription::new(&[Family::V4, Family::V6])?;
-    let report = applier.apply(&plan).await?;
+    let report = apply(&mut applier, &plan, metrics).await?;
     for problem in &report.problems {
         log(format!("problem: {problem}"));
     }
@@ -170,7 +242,7 @@ async fn agent(args: &AgentArgs) -> Result<()> {
                 match compute(args) {
                     Ok((new_plan, _)) => {
                         plan = new_plan;
-                        match applier.apply(&plan).await {
+                        match apply(&mut applier, &plan, metrics).await {
                             Ok(r) => log(format!("manifests changed: {} changes", r.changes)),
                             Err(e) => log(format!("applying: {e}")),
                         }
@@ -194,7 +266,7 @@ async fn agent(args: &AgentArgs) -> Result<()> {
                     None => {
                         log("route notifications ended; subscribing again");
                         routes = Subscription::new(&[Family::V4, Family::V6])?;
-                        let _ = applier.apply(&plan).await;
+                        let _ = apply(&mut applier, &plan, metrics).await;
                     }
                 }
             }
@@ -203,7 +275,7 @@ async fn agent(args: &AgentArgs) -> Result<()> {
                     Ok(diffs) if diffs.is_empty() => {}
                     Ok(diffs) => {
                         log(format!("repairing: {}", diffs.join("; ")));
-                        if let Err(e) = applier.apply(&plan).await {
+                        if let Err(e) = apply(&mut applier, &plan, metrics).await {
                             log(format!("applying: {e}"));
                         }
                     }

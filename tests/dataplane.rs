@@ -8,12 +8,15 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::net::IpAddr;
+use std::io::{Read, Write};
+use std::net::{IpAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use kube_egress_linux::desired::TUNNEL_DEVICE;
+use kube_egress_linux::nft::{Nft, PacketCount};
 use kube_egress_testbed::{Pod, Testbed, is_root};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kube-egress");
@@ -169,12 +172,18 @@ impl Lab {
     /// Starts `ip netns exec <ns> kube-egress agent --node <node> --manifests DIR` through the
     /// testbed and waits until it has applied its plan and watches for changes.
     fn start_agent(&self, node: &str) -> Agent {
+        self.start_agent_with(node, &[])
+    }
+
+    /// [`Lab::start_agent`] with more arguments.
+    fn start_agent_with(&self, node: &str, more: &[&str]) -> Agent {
         let log = unique(self.dir.path().join(format!("agent-{node}.log")));
         let file = fs::File::create(&log).unwrap();
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", self.ns(node), BIN, "agent", "--node", node])
             .arg("--manifests")
             .arg(self.manifests())
+            .args(more)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file);
@@ -785,9 +794,16 @@ fn stale_state_is_removed_and_foreign_state_is_kept() {
             .contains(&"10.10.0.100/32".into())
     );
     assert!(lab.nft_elements("node1", "snat_v4").contains("10.128.2.10"));
-    assert!(lab.nft_elements("node1", "link_v4").contains("10.128.2.11"));
     assert!(
-        lab.nft_elements("node2", "steer_v4")
+        lab.nft_elements("node1", "marks_v4")
+            .contains("10.128.2.11")
+    );
+    assert!(
+        lab.nft_elements("node1", "counters_v4")
+            .contains("192.168.126.10")
+    );
+    assert!(
+        lab.nft_elements("node2", "marks_v4")
             .contains("10.128.2.10")
     );
     assert_eq!(
@@ -829,9 +845,12 @@ fn stale_state_is_removed_and_foreign_state_is_kept() {
             .map(str::to_string)
             .collect();
         assert_eq!(routes, Vec::<String>::new(), "{node}: our routes remain");
-        for map in ["snat_v4", "link_v4", "steer_v4"] {
+        for map in ["snat_v4", "marks_v4", "counters_v4"] {
             assert_eq!(lab.nft_elements(node, map), "", "{node}: map {map}");
         }
+        // With every map empty, no chain is left to cost anything per packet.
+        let table = lab.nft(node, &["table", "inet", "kube_egress"]).unwrap();
+        assert!(!table.contains("chain "), "{node}:\n{table}");
         assert_eq!(
             foreign_state(&lab, node),
             foreign[node],
@@ -923,11 +942,16 @@ fn running_agents_follow_manifest_changes() {
     let pod2 = lab.pod("pod2");
     let url = lab.tb.server().url();
     assert_eq!(seen_by(pod2, &url), lab.node_ip("node2"));
+    // Nothing to steer yet, so node2 has no steering chains: they come with the first mark.
+    let table = || lab.nft("node2", &["table", "inet", "kube_egress"]).unwrap();
+    assert!(!table().contains("chain prerouting"), "{}", table());
 
     lab.restore_manifest(EGRESSIPS);
     wait_for_source(pod2, &url, Duration::from_secs(5), |seen| {
         prod_egress_ips().contains(&seen)
     });
+    assert!(table().contains("chain prerouting"), "{}", table());
+    assert!(table().contains("chain tunnel_out"), "{}", table());
 
     lab.remove_manifest(EGRESSIPS);
     let node2 = lab.node_ip("node2");
@@ -947,4 +971,173 @@ fn running_agents_follow_manifest_changes() {
     for agent in &agents {
         lab.stop_agent(agent);
     }
+}
+
+/// The packets and bytes counted per egress IP on a node (the agent's nft counters).
+fn egress_counters(lab: &Lab, node: &str) -> BTreeMap<IpAddr, PacketCount> {
+    Nft::in_netns(lab.ns(node), TUNNEL_DEVICE)
+        .egress_counters_blocking()
+        .unwrap_or_else(|e| panic!("reading the counters of {node}: {e}"))
+}
+
+/// Every egress IP a node hosts has a counter, and it counts the traffic the server receives
+/// from that address, and only that.
+#[test]
+fn egress_counters_count_what_the_server_sees() {
+    let Some(lab) = Lab::new() else { return };
+    for node in NODES {
+        lab.once_ok(node);
+    }
+    let hosted = |node: &str| {
+        egress_counters(&lab, node)
+            .keys()
+            .copied()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        hosted("node1"),
+        [ip(REPORTS_EGRESS_IP), ip(PROD_EGRESS_IPS[0])]
+    );
+    assert_eq!(hosted("node3"), [ip(PROD_EGRESS_IPS[1])]);
+    assert_eq!(hosted("node2"), Vec::<IpAddr>::new());
+
+    let before: BTreeMap<IpAddr, PacketCount> = ["node1", "node3"]
+        .iter()
+        .flat_map(|n| egress_counters(&lab, n))
+        .collect();
+    let server = lab.tb.server();
+    let far = lab.tb.secondary("sec").unwrap().server();
+    server.clear();
+    far.clear();
+    for _ in 0..20 {
+        let seen = seen_by(lab.pod("pod2"), &server.url());
+        assert!(prod_egress_ips().contains(&seen), "pod2 left with {seen}");
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            seen_by(lab.pod("pod1"), &server.url()),
+            ip(PROD_EGRESS_IPS[0])
+        );
+        assert_eq!(seen_by(lab.pod("pod4"), &far.url()), ip(REPORTS_EGRESS_IP));
+    }
+    let mut requests: BTreeMap<IpAddr, u64> = BTreeMap::new();
+    for seen in server.seen().into_iter().chain(far.seen()) {
+        *requests.entry(seen).or_default() += 1;
+    }
+    let after: BTreeMap<IpAddr, PacketCount> = ["node1", "node3"]
+        .iter()
+        .flat_map(|n| egress_counters(&lab, n))
+        .collect();
+    for (egress_ip, count) in &after {
+        let n = requests.get(egress_ip).copied().unwrap_or(0);
+        let packets = count.packets - before[egress_ip].packets;
+        let bytes = count.bytes - before[egress_ip].bytes;
+        // A request on its own connection: at least the SYN, the request and the final ACK or
+        // FIN leave with the egress IP; no other traffic here has it as its source.
+        assert!(
+            packets >= 3 * n && (n > 0) == (packets > 0),
+            "{egress_ip}: {packets} packets counted for {n} requests (seen: {requests:?})"
+        );
+        assert!(
+            bytes >= 40 * packets,
+            "{egress_ip}: {bytes} bytes for {packets} packets"
+        );
+    }
+    assert_eq!(requests.values().sum::<u64>(), 26, "{requests:?}");
+}
+
+/// The agent's default metrics port.
+const METRICS_PORT: u16 = 9477;
+
+/// An HTTP/1.1 GET over TCP to the agent's metrics port, from inside a node's namespace.
+fn metrics_get(lab: &Lab, node: &str, path: &str) -> std::io::Result<String> {
+    kube_egress_testbed::in_netns(lab.ns(node), || {
+        let mut stream = TcpStream::connect(("127.0.0.1", METRICS_PORT))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        Ok(response)
+    })
+    .unwrap_or_else(|e| panic!("entering {node}: {e}"))
+}
+
+/// The value of the sample `name` (with its labels) in an OpenMetrics text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// A running agent serves `/metrics`: the traffic of its egress IPs as the kernel counts it, and
+/// its own state.
+#[test]
+fn agent_serves_metrics_with_the_traffic_of_its_egress_ips() {
+    let Some(lab) = Lab::new() else { return };
+    let agent = lab.start_agent("node1");
+    agent.wait_for(
+        "serving metrics on http://0.0.0.0:9477/metrics",
+        Duration::from_secs(5),
+    );
+    let pod1 = lab.pod("pod1");
+    let url = lab.tb.server().url();
+    for _ in 0..5 {
+        assert_eq!(seen_by(pod1, &url), ip(PROD_EGRESS_IPS[0]));
+    }
+
+    let response = metrics_get(&lab, "node1", "/metrics").unwrap();
+    let (head, text) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        "{head}"
+    );
+    let egress = |what: &str, ip: &str| {
+        sample(
+            text,
+            &format!("kube_egress_agent_egress_ip_{what}_total{{egress_ip=\"{ip}\"}}"),
+        )
+        .unwrap_or_else(|| panic!("no {what} of {ip} in\n{text}"))
+    };
+    let packets = egress("packets", PROD_EGRESS_IPS[0]);
+    assert!(packets >= 15.0, "{packets} packets for 5 requests:\n{text}");
+    assert!(
+        egress("bytes", PROD_EGRESS_IPS[0]) >= 40.0 * packets,
+        "{text}"
+    );
+    // Hosted but unused: counted, at zero.
+    assert_eq!(egress("packets", REPORTS_EGRESS_IP), 0.0, "{text}");
+    for (name, value) in [
+        ("kube_egress_agent_egress_ips", Some(2.0)),
+        ("kube_egress_agent_plan_problems", Some(0.0)),
+        ("kube_egress_agent_apply_errors_total", Some(0.0)),
+        ("kube_egress_agent_counter_read_errors_total", Some(0.0)),
+        ("kube_egress_agent_applies_total", None),
+        ("kube_egress_agent_apply_duration_seconds", None),
+    ] {
+        let got = sample(text, name).unwrap_or_else(|| panic!("no {name} in\n{text}"));
+        if let Some(value) = value {
+            assert_eq!(got, value, "{name}");
+        }
+    }
+    assert!(sample(text, "kube_egress_agent_applies_total").unwrap() >= 1.0);
+    assert!(text.ends_with("# EOF\n"), "{text}");
+
+    let missing = metrics_get(&lab, "node1", "/").unwrap();
+    assert!(missing.starts_with("HTTP/1.1 404 "), "{missing}");
+    lab.stop_agent(&agent);
+
+    // An empty address turns the endpoint off.
+    let quiet = lab.start_agent_with("node3", &["--metrics-bind-address", ""]);
+    let refused = metrics_get(&lab, "node3", "/metrics").unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "{refused}"
+    );
+    assert!(!quiet.log().contains("serving metrics"), "{}", quiet.log());
+    lab.stop_agent(&quiet);
 }
