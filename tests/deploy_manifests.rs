@@ -1317,6 +1317,12 @@ fn helm_available() -> bool {
 }
 
 fn render(name: &str, namespace: &str, values: Value) -> Rendering {
+    try_render(name, namespace, &values)
+        .unwrap_or_else(|e| panic!("helm-render with {values}: {e}"))
+}
+
+/// The chart rendered with `values`, or Helm's error.
+fn try_render(name: &str, namespace: &str, values: &Value) -> Result<Rendering, String> {
     let out = Command::new("python3")
         .arg(root().join("scripts/helm-render"))
         .arg(root().join(CHART))
@@ -1331,21 +1337,19 @@ fn render(name: &str, namespace: &str, values: Value) -> Rendering {
         .arg(values.to_string())
         .output()
         .expect("run scripts/helm-render");
-    assert!(
-        out.status.success(),
-        "helm-render with {values}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
     let report: Value = serde_json::from_slice(&out.stdout).expect("helm-render prints JSON");
     let texts = |key: &str| -> BTreeMap<String, String> {
         serde_json::from_value(report[key].clone()).unwrap_or_else(|e| panic!("{key}: {e}"))
     };
-    Rendering {
+    Ok(Rendering {
         helm: report["helm"].as_str().unwrap_or_default().to_string(),
         manifests: texts("manifests"),
         crds: texts("crds"),
         lint: report["lint"].clone(),
-    }
+    })
 }
 
 impl Rendering {
@@ -1579,6 +1583,37 @@ fn chart_values_override_what_they_name() {
         pod.node_selector.clone().unwrap_or_default(),
         BTreeMap::from([("kubernetes.io/os".to_string(), "linux".to_string())])
     );
+}
+
+#[test]
+fn the_chart_refuses_values_it_does_not_know_or_of_the_wrong_type() {
+    if !helm_available() {
+        return;
+    }
+    let cases = [
+        (
+            json!({"controller": {"replica": 3}}),
+            "additional properties 'replica' not allowed",
+        ),
+        (
+            json!({"agent": {"metricsPort": "9477"}}),
+            "/agent/metricsPort",
+        ),
+        (
+            json!({"config": {"publishNodeAddressing": "sometimes"}}),
+            "/config/publishNodeAddressing",
+        ),
+        (
+            json!({"config": {"egressipNodeHealthcheckPort": 70000}}),
+            "/config/egressipNodeHealthcheckPort",
+        ),
+    ];
+    for (values, expected) in cases {
+        match try_render(RELEASE, "kube-egress", &values) {
+            Ok(_) => panic!("{values} must be refused"),
+            Err(e) => assert!(e.contains(expected), "{values}: {expected:?} not in\n{e}"),
+        }
+    }
 }
 
 #[test]
