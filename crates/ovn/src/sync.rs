@@ -96,6 +96,9 @@ fn policy_line(p: &LogicalRouterPolicy) -> String {
     if !p.nexthops.is_empty() {
         s.push_str(&format!(" {}", p.nexthops.join(", ")));
     }
+    for (k, v) in &p.options {
+        s.push_str(&format!(" {k}={v}"));
+    }
     s
 }
 
