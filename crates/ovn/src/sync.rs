@@ -580,7 +580,7 @@ impl NbMonitor {
             .monitor_cond(nb::DATABASE, MONITOR_ID, monitor_requests())
             .await?;
         let mut db = Database::new(schema);
-        db.apply(&initial).map_err(Error::OutOfStep)?;
+        db.apply(initial).map_err(Error::OutOfStep)?;
         Ok((db, updates))
     }
 
@@ -613,7 +613,7 @@ impl NbMonitor {
     pub fn catch_up(&mut self) -> Result<(), Error> {
         loop {
             match self.updates.try_recv() {
-                Ok(n) => self.apply(&n)?,
+                Ok(n) => self.apply(n)?,
                 Err(mpsc::error::TryRecvError::Empty) => return Ok(()),
                 Err(mpsc::error::TryRecvError::Disconnected) => return Err(Error::Disconnected),
             }
@@ -624,16 +624,16 @@ impl NbMonitor {
     pub async fn changed(&mut self) -> Result<(), Error> {
         match self.updates.recv().await {
             Some(n) => {
-                self.apply(&n)?;
+                self.apply(n)?;
                 self.catch_up()
             }
             None => Err(Error::Disconnected),
         }
     }
 
-    fn apply(&mut self, n: &Notification) -> Result<(), Error> {
+    fn apply(&mut self, n: Notification) -> Result<(), Error> {
         let updates = parse_table_updates(&n.updates)?;
-        self.db.apply(&updates).map_err(Error::OutOfStep)
+        self.db.apply(updates).map_err(Error::OutOfStep)
     }
 
     pub fn database(&self) -> &Database {
