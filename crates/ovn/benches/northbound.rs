@@ -353,7 +353,7 @@ fn main() {
             let mut monitor = NbMonitor::connect(&server.unix()).await.unwrap();
             let cpu = server_cpu(&server);
             let start = Instant::now();
-            let sync = plan(&monitor.state(), &want);
+            let sync = plan(monitor.state(), &want);
             let planned = start.elapsed();
             ops = sync.ops.len();
             json_bytes =
@@ -376,7 +376,7 @@ fn main() {
 
             // The same input again: nothing to write.
             let t = Instant::now();
-            let sync = plan(&monitor.state(), &want);
+            let sync = plan(monitor.state(), &want);
             noop_ops = noop_ops.min(sync.ops.len());
             ours.4.push(t.elapsed());
 
@@ -388,7 +388,7 @@ fn main() {
             });
             let more = desired(&more, &options);
             let t = Instant::now();
-            let sync = plan(&monitor.state(), &more);
+            let sync = plan(monitor.state(), &more);
             one_more_ops = sync.ops.len();
             monitor
                 .client()
@@ -407,7 +407,7 @@ fn main() {
         topology(&server);
         runtime.block_on(async {
             let monitor = NbMonitor::connect(&server.unix()).await.unwrap();
-            let sync = plan(&monitor.state(), &want);
+            let sync = plan(monitor.state(), &want);
             let client = kube_egress_ovn::ovsdb::Client::connect(&server.unix())
                 .await
                 .unwrap();
