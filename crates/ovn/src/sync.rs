@@ -941,4 +941,66 @@ mod tests {
                 .any(|m| m.starts_with("logical router ovn_cluster_router does not exist"))
         );
     }
+
+    #[test]
+    fn qos_rule_is_shared_by_every_node_switch() {
+        let qos = Qos {
+            priority: names::QOS_PRIORITY,
+            direction: "from-lport".into(),
+            match_: "ip4.src == $a1 && ct.trk && ct.rpl".into(),
+            action: [("mark".to_string(), 42)].into(),
+            external_ids: names::qos_ids(Family::V4),
+            ..Default::default()
+        };
+        let want = Desired {
+            qos: vec![qos.clone()],
+            qos_switches: vec!["a".into(), "b".into(), "gone".into()],
+            ..Default::default()
+        };
+        let mut s = NbState::default();
+        for name in ["a", "b"] {
+            s.switches.insert(
+                format!("s-{name}"),
+                LogicalSwitch {
+                    uuid: format!("s-{name}"),
+                    name: name.into(),
+                    qos_rules: vec![],
+                },
+            );
+        }
+        let p = plan(&s, &want);
+        let json: Vec<String> = p.ops.iter().map(|o| o.to_json().to_string()).collect();
+        assert_eq!(json.len(), 3, "{json:?}");
+        assert!(json[0].contains("\"op\":\"insert\"") && json[0].contains("\"uuid-name\":\"q0\""));
+        for j in &json[1..] {
+            assert!(
+                j.contains("[\"qos_rules\",\"insert\",[\"set\",[[\"named-uuid\",\"q0\"]]]]"),
+                "{j}"
+            );
+        }
+        assert_eq!(p.problems.len(), 1);
+        assert!(p.problems[0].contains("logical switches gone do not exist"));
+
+        // Existing and attached to a: attached to b only.
+        s.qos.insert(
+            "q-1".into(),
+            Qos {
+                uuid: "q-1".into(),
+                ..qos
+            },
+        );
+        s.switches
+            .get_mut("s-a")
+            .unwrap()
+            .qos_rules
+            .push("q-1".into());
+        let p = plan(&s, &want);
+        let json: Vec<String> = p.ops.iter().map(|o| o.to_json().to_string()).collect();
+        assert_eq!(json.len(), 1, "{json:?}");
+        assert!(
+            json[0].contains("s-b") && json[0].contains("[\"uuid\",\"q-1\"]"),
+            "{}",
+            json[0]
+        );
+    }
 }
