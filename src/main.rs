@@ -4,8 +4,10 @@
 //! `Args` struct and a `run` function; this file only dispatches.
 
 mod agent_cmd;
+mod controller_cmd;
 mod lab_cmd;
 mod manifests;
+mod ovn_cmd;
 mod plan_cmd;
 
 use std::process::ExitCode;
@@ -30,6 +32,8 @@ enum Command {
     Plan(plan_cmd::PlanArgs),
     /// Program this node's egress data plane (Linux) and keep it in line with the plan.
     Agent(agent_cmd::AgentArgs),
+    /// Program the cluster-wide data plane (OVN Northbound) from the cluster's state.
+    Controller(controller_cmd::ControllerArgs),
     /// Build a 3-node cluster in network namespaces, show egress IPs working and failing over,
     /// and remove it (needs root; never touches the host's own network namespace).
     Lab(lab_cmd::LabArgs),
@@ -38,6 +42,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
+        Command::Controller(args) => controller_cmd::run(args).map(|()| 0),
         Command::Plan(args) => plan_cmd::run(args).map(|()| 0),
         Command::Agent(args) => agent_cmd::run(args).map(|()| 0),
         Command::Lab(args) => lab_cmd::run(args),
