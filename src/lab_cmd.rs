@@ -273,6 +273,17 @@ fn text_report(r: &LabReport) -> String {
         }
     }
     s.push_str(&failover_text(&r.failover));
+    let metrics: Vec<&str> = r
+        .metrics
+        .lines()
+        .filter(|l| l.starts_with("ovnkube_") && !l.contains("_bucket") && !l.contains("_created"))
+        .collect();
+    if !metrics.is_empty() {
+        s.push_str("\nController metrics (as /metrics serves them)\n");
+        for line in metrics {
+            s.push_str(&format!("  {line}\n"));
+        }
+    }
     s.push_str("\nChecks\n");
     for c in &r.checks {
         let mark = if c.passed { "pass" } else { "FAIL" };

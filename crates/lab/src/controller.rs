@@ -5,11 +5,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use kube_egress_api::EgressIPStatusItem;
 use kube_egress_engine::Engine;
+use kube_egress_metrics::ControllerMetrics;
 use kube_egress_probe::Transition;
 
 use crate::agent::{Agent, Message};
-use crate::log::{LabEventKind, Shared};
+use crate::log::{Awaiting, LabEventKind, Shared};
 
 pub(crate) struct Controller {
     pub engine: Engine,
@@ -18,17 +20,40 @@ pub(crate) struct Controller {
     /// Nodes the prober declared unreachable.
     unreachable: BTreeSet<String>,
     shared: Arc<Shared>,
+    metrics: ControllerMetrics,
+    /// The last `status.items` per EgressIP, to count the IPs that moved.
+    statuses: BTreeMap<String, Vec<EgressIPStatusItem>>,
+    /// The number of IPs in each object's spec (OVN-K's `num_egress_ips` counts those).
+    spec_ips: BTreeMap<String, usize>,
 }
 
 impl Controller {
-    pub fn new(engine: Engine, agents: BTreeMap<String, Agent>, shared: Arc<Shared>) -> Self {
+    pub fn new(
+        engine: Engine,
+        agents: BTreeMap<String, Agent>,
+        shared: Arc<Shared>,
+        metrics: ControllerMetrics,
+    ) -> Self {
         Controller {
             engine,
             agents,
             generations: BTreeMap::new(),
             unreachable: BTreeSet::new(),
             shared,
+            metrics,
+            statuses: BTreeMap::new(),
+            spec_ips: BTreeMap::new(),
         }
+    }
+
+    /// Records the size of an object's spec (`None`: deleted) for `num_egress_ips`.
+    pub fn set_spec_ips(&mut self, name: &str, ips: Option<usize>) {
+        match ips {
+            Some(n) => self.spec_ips.insert(name.to_string(), n),
+            None => self.spec_ips.remove(name),
+        };
+        self.metrics
+            .set_egress_ips(self.spec_ips.values().copied().sum());
     }
 
     pub fn reachable(&self, node: &str) -> bool {
@@ -41,6 +66,32 @@ impl Controller {
         let changes = self.engine.take_changes();
         for event in changes.events {
             self.shared.record(LabEventKind::EngineEvent(event));
+        }
+        let decided = std::time::Instant::now();
+        // (node, assign): egress IPs placed on or removed from a node by this change.
+        let mut placements: Vec<(String, bool)> = Vec::new();
+        for name in &changes.egress_ips {
+            let now = self.engine.status(name).unwrap_or_default();
+            let before = self.statuses.remove(name).unwrap_or_default();
+            // An IP that was on one node and is now on another was rebalanced (OVN-K counts
+            // each move).
+            for item in &now {
+                if before
+                    .iter()
+                    .any(|b| b.egress_ip == item.egress_ip && b.node != item.node)
+                {
+                    self.metrics.rebalance();
+                }
+                if !before.contains(item) {
+                    placements.push((item.node.clone(), true));
+                }
+            }
+            for item in before.iter().filter(|b| !now.contains(b)) {
+                placements.push((item.node.clone(), false));
+            }
+            if !now.is_empty() {
+                self.statuses.insert(name.clone(), now);
+            }
         }
         let nodes: Vec<String> = if changes.exclusions {
             self.agents.keys().cloned().collect()
@@ -57,6 +108,23 @@ impl Controller {
                 pushed.insert(node);
             }
         }
+        // Carried out with the plan just pushed, or (held for an unreachable node) the next one.
+        let mut state = self.shared.lock();
+        for (node, assign) in placements {
+            let current = self.generations.get(&node).copied().unwrap_or(0);
+            let generation = if pushed.contains(&node) {
+                current
+            } else {
+                current + 1
+            };
+            state.awaiting.push(Awaiting {
+                node,
+                generation,
+                decided,
+                assign,
+            });
+        }
+        drop(state);
         pushed
     }
 
@@ -99,6 +167,9 @@ impl Controller {
             initial: t.initial,
         });
         let was_reachable = self.reachable(&t.node);
+        if !t.reachable && was_reachable {
+            self.metrics.node_unreachable();
+        }
         if t.reachable {
             self.unreachable.remove(&t.node);
         } else {

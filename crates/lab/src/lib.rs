@@ -112,6 +112,8 @@ impl Default for LabOptions {
 /// documentation.
 pub struct LabCluster {
     controller: Arc<Mutex<Controller>>,
+    /// The controller's metrics (OVN-K's egress IP names).
+    registry: kube_egress_metrics::Registry,
     shared: Arc<Shared>,
     prober: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
     probed: Vec<String>,
@@ -157,10 +159,23 @@ impl LabCluster {
                 targets.push(NodeTarget::new(node.name.clone(), addrs));
             }
         }
+        let spec_ips: Vec<(String, usize)> = snapshot
+            .egress_ips
+            .iter()
+            .map(|e| (e.name.to_string(), e.ips.len()))
+            .collect();
         let engine = Engine::load(options.config.clone(), snapshot);
-        let controller = Arc::new(Mutex::new(Controller::new(engine, agents, shared.clone())));
+        let mut registry = kube_egress_metrics::Registry::default();
+        let metrics = kube_egress_metrics::ControllerMetrics::register(&mut registry);
+        let _ = shared.metrics.set(metrics.clone());
+        let mut controller = Controller::new(engine, agents, shared.clone(), metrics);
+        for (name, n) in spec_ips {
+            controller.set_spec_ips(&name, Some(n));
+        }
+        let controller = Arc::new(Mutex::new(controller));
         let mut lab = LabCluster {
             controller,
+            registry,
             shared,
             prober: None,
             probed: targets.iter().map(|t| t.name.clone()).collect(),
@@ -244,15 +259,27 @@ impl LabCluster {
     /// Creates or replaces an EgressIP object; the changed plans are pushed at once.
     pub fn apply_egress_ip(&self, eip: &EgressIP) {
         let mut c = self.lock();
-        c.engine.upsert_egress_ip(EgressIpInfo::from_egress_ip(eip));
+        let info = EgressIpInfo::from_egress_ip(eip);
+        c.set_spec_ips(&info.name, Some(info.ips.len()));
+        c.engine.upsert_egress_ip(info);
         c.publish();
     }
 
     /// Deletes an EgressIP object; the changed plans are pushed at once.
     pub fn remove_egress_ip(&self, name: &str) {
         let mut c = self.lock();
+        c.set_spec_ips(name, None);
         c.engine.remove_egress_ip(name);
         c.publish();
+    }
+
+    /// The controller's metrics in the OpenMetrics text format (what `/metrics` would serve),
+    /// under OVN-K's names: `ovnkube_clustermanager_num_egress_ips`,
+    /// `..._egress_ips_node_unreachable_total`, `..._egress_ips_rebalance_total`, and the
+    /// assign/unassign latency histograms, measured here from the controller's decision to the
+    /// moment the node's agent has applied it (OVN-K: to the Northbound write).
+    pub fn metrics_text(&self) -> String {
+        kube_egress_metrics::encode(&self.registry)
     }
 
     /// The object's `status.items` as the controller would write them; `None` if unknown.

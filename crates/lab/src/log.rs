@@ -7,6 +7,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use kube_egress_engine::Event;
+use kube_egress_metrics::ControllerMetrics;
 
 /// One entry of the timeline.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,12 +55,25 @@ pub(crate) struct State {
     /// Per node: the last generation pushed, and the last one attempted with its outcome.
     pub pushed: BTreeMap<String, u64>,
     pub attempted: BTreeMap<String, (u64, Result<(), String>)>,
+    /// Assignments (and unassignments) decided but not yet carried out by the node's agent.
+    pub awaiting: Vec<Awaiting>,
+}
+
+/// An egress IP assigned to (or removed from) a node at `decided`, carried out once the node's
+/// agent has applied plan `generation` or a later one.
+pub(crate) struct Awaiting {
+    pub node: String,
+    pub generation: u64,
+    pub decided: Instant,
+    pub assign: bool,
 }
 
 #[derive(Default)]
 pub(crate) struct Shared {
     state: Mutex<State>,
     changed: Condvar,
+    /// Observes the assign/unassign latencies (decision to applied on the node).
+    pub metrics: std::sync::OnceLock<ControllerMetrics>,
 }
 
 impl Shared {
@@ -77,6 +91,20 @@ impl Shared {
                 node, generation, ..
             } => {
                 state.attempted.insert(node.clone(), (*generation, Ok(())));
+                let metrics = self.metrics.get();
+                state.awaiting.retain(|a| {
+                    if a.node != *node || a.generation > *generation {
+                        return true;
+                    }
+                    if let Some(m) = metrics {
+                        if a.assign {
+                            m.observe_assign(a.decided.elapsed());
+                        } else {
+                            m.observe_unassign(a.decided.elapsed());
+                        }
+                    }
+                    false
+                });
             }
             LabEventKind::ApplyFailed {
                 node,

@@ -121,6 +121,8 @@ pub struct FailoverSample {
     pub recovered_ms: Option<f64>,
     /// Requests started after the cut.
     pub requests: usize,
+    /// Egress IPs that moved off the cut node (the failover IP and any other it held).
+    pub moved_ips: usize,
 }
 
 /// The failover step.
@@ -154,6 +156,8 @@ pub struct LabReport {
     pub status_items: BTreeMap<String, Vec<EgressIPStatusItem>>,
     pub secondary: SecondaryReport,
     pub failover: FailoverReport,
+    /// The controller's metrics at the end (OpenMetrics text, as `/metrics` serves it).
+    pub metrics: String,
 }
 
 impl LabReport {
@@ -641,6 +645,33 @@ impl Scenario {
             failback,
             "the old node removed the IP; status.items kept the new node",
         ));
+        report.metrics = self.cluster.metrics_text();
+        let runs = &report.failover.runs;
+        let want_unreachable = runs.len() as f64;
+        let want_moves: usize = runs.iter().map(|r| r.moved_ips).sum();
+        let mut problems = Vec::new();
+        for (metric, want) in [
+            (
+                "ovnkube_clustermanager_egress_ips_node_unreachable_total",
+                want_unreachable,
+            ),
+            (
+                "ovnkube_clustermanager_egress_ips_rebalance_total",
+                want_moves as f64,
+            ),
+        ] {
+            let got = metric_value(&report.metrics, metric);
+            if got != Some(want) {
+                problems.push(format!("{metric} is {got:?}, expected {want}"));
+            }
+        }
+        report.checks.push(check(
+            "metrics: the controller counted every lost node and every moved IP",
+            problems,
+            &format!(
+                "node_unreachable_total {want_unreachable}, rebalance_total {want_moves} (OVN-K's names)"
+            ),
+        ));
         Ok(())
     }
 
@@ -714,8 +745,17 @@ impl Scenario {
                 "{FAILOVER_IP} did not move off {holder} (now {to:?})"
             )),
         }
+        let mut moved_ips = usize::from(to.as_ref().is_some_and(|to| *to != holder));
         for (name, items) in others {
             let now = self.cluster.status(&name).unwrap_or_default();
+            moved_ips += items
+                .iter()
+                .filter(|i| i.node == holder)
+                .filter(|i| {
+                    now.iter()
+                        .any(|n| n.egress_ip == i.egress_ip && n.node != holder)
+                })
+                .count();
             for item in items.iter().filter(|i| i.node != holder) {
                 if !now.contains(item) {
                     moved_wrong.push(format!(
@@ -743,6 +783,7 @@ impl Scenario {
             first_request_ms: first.and_then(since_cut),
             recovered_ms: recovery(&samples, cut_done, |s| s == ip).and_then(since_cut),
             requests: samples.iter().filter(|s| s.started >= cut_done).count(),
+            moved_ips,
         })
     }
 
@@ -905,6 +946,18 @@ fn ms(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.0} ms"))
 }
 
+/// The value of an unlabelled metric in OpenMetrics text.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (n, value) = line.split_once(' ')?;
+        if n == name {
+            value.trim().parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
 /// Nearest-rank percentile of sorted values.
 pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     if sorted.is_empty() {
@@ -945,6 +998,16 @@ mod tests {
         assert_eq!(percentile(&[], 50.0), None);
         let hundred: Vec<f64> = (1..=100).map(f64::from).collect();
         assert_eq!(percentile(&hundred, 99.0), Some(99.0));
+    }
+
+    #[test]
+    fn metric_values_are_read_from_openmetrics_text() {
+        let text =
+            "# HELP x_total X.\n# TYPE x counter\nx_total 3\nx_created 1.7e9\ny 2.5\n# EOF\n";
+        assert_eq!(metric_value(text, "x_total"), Some(3.0));
+        assert_eq!(metric_value(text, "y"), Some(2.5));
+        assert_eq!(metric_value(text, "x"), None);
+        assert_eq!(metric_value(text, "z"), None);
     }
 
     #[test]
