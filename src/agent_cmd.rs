@@ -74,6 +74,7 @@ fn compute(args: &AgentArgs) -> Result<(NodePlan, Option<IpAddr>)> {
     let config = Config {
         cluster_cidrs: args.cluster_cidrs.clone(),
         service_cidrs: args.service_cidrs.clone(),
+        ..Config::default()
     };
     let mut engine = Engine::load(config, snapshot);
     for event in engine.take_changes().events {
