@@ -4,6 +4,7 @@
 //! `Args` struct and a `run` function; this file only dispatches.
 
 mod agent_cmd;
+mod controller_cmd;
 mod manifests;
 mod plan_cmd;
 
@@ -29,6 +30,8 @@ enum Command {
     Plan(plan_cmd::PlanArgs),
     /// Program this node's egress data plane (Linux) and keep it in line with the plan.
     Agent(agent_cmd::AgentArgs),
+    /// Assign egress IPs cluster-wide on Kubernetes: statuses, marks and Events (Lease holder).
+    Controller(controller_cmd::ControllerArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Plan(args) => plan_cmd::run(args),
         Command::Agent(args) => agent_cmd::run(args),
+        Command::Controller(args) => controller_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -73,9 +73,8 @@ impl KubeSource {
                     );
                 }
                 let node_obj = feed.nodes.get(&node).cloned();
-                let plan_changed = last.is_none()
-                    || changes.exclusions
-                    || changes.nodes.contains(&node);
+                let plan_changed =
+                    last.is_none() || changes.exclusions || changes.nodes.contains(&node);
                 let node_changed = last.as_ref().is_none_or(|l| l.node != node_obj);
                 if !plan_changed && !node_changed {
                     continue;
@@ -223,7 +222,10 @@ pub fn addressing_patch(
     mode: PublishNodeAddressing,
 ) -> Option<Value> {
     let current = node.annotations();
-    let ours = current.get(ADDRESSING_PUBLISHER_ANNOTATION).map(String::as_str) == Some(PUBLISHER);
+    let ours = current
+        .get(ADDRESSING_PUBLISHER_ANNOTATION)
+        .map(String::as_str)
+        == Some(PUBLISHER);
     let foreign = !ours
         && (current.contains_key(NODE_PRIMARY_IFADDR_ANNOTATION)
             || current.contains_key(HOST_CIDRS_ANNOTATION));
@@ -295,7 +297,11 @@ mod tests {
         assert_eq!(a.primary, [net("192.168.1.10/24"), net("fd00::10/64")]);
         assert_eq!(
             a.host_cidrs,
-            [net("172.16.0.5/16"), net("192.168.1.10/24"), net("fd00::10/64")]
+            [
+                net("172.16.0.5/16"),
+                net("192.168.1.10/24"),
+                net("fd00::10/64")
+            ]
         );
     }
 
@@ -323,16 +329,25 @@ mod tests {
             host_cidrs: vec![net("192.168.1.10/24")],
         };
         let ovnk = node(&[(HOST_CIDRS_ANNOTATION, "[\"192.168.1.10/24\"]")]);
-        assert_eq!(addressing_patch(&ovnk, &a, PublishNodeAddressing::Auto), None);
+        assert_eq!(
+            addressing_patch(&ovnk, &a, PublishNodeAddressing::Auto),
+            None
+        );
         assert!(addressing_patch(&ovnk, &a, PublishNodeAddressing::Always).is_some());
-        assert_eq!(addressing_patch(&node(&[]), &a, PublishNodeAddressing::Never), None);
+        assert_eq!(
+            addressing_patch(&node(&[]), &a, PublishNodeAddressing::Never),
+            None
+        );
         // Our own annotations, up to date: nothing to write; changed: only what changed.
         let mut ours: Vec<(String, String)> = addressing_annotations(&a).into_iter().collect();
         ours.push((ADDRESSING_PUBLISHER_ANNOTATION.into(), PUBLISHER.into()));
         let ours_ref: Vec<(&str, &str)> =
             ours.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let current = node(&ours_ref);
-        assert_eq!(addressing_patch(&current, &a, PublishNodeAddressing::Auto), None);
+        assert_eq!(
+            addressing_patch(&current, &a, PublishNodeAddressing::Auto),
+            None
+        );
         let moved = NodeAddressing {
             primary: a.primary.clone(),
             host_cidrs: vec![net("10.9.0.1/16"), net("192.168.1.10/24")],

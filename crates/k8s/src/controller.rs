@@ -12,15 +12,15 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use kube::api::Api;
 use kube::Client;
+use kube::api::Api;
 use kube_egress_api::{EgressIP, EgressIPStatusItem};
 use kube_egress_engine::{Config, NodeInfo};
 use kube_egress_probe::{ClientTls, NodeTarget, Prober, ReachabilityConfig};
 use tokio::time::Instant;
 
 use crate::feed::{Feed, Role};
-use crate::lease::{LeaderElector, LeaseConfig, Leadership};
+use crate::lease::{LeaderElector, Leadership, LeaseConfig};
 use crate::log;
 use crate::watch::{Update, serves_service_cidrs, watch_cluster};
 use crate::writer::{EventWriter, WriteError, write_status};
@@ -78,7 +78,9 @@ fn probe_addresses(info: &NodeInfo) -> Vec<IpAddr> {
 /// Whether the prober should follow the node: it could host IPs but for its reachability
 /// (OVN-K probes labelled, Ready nodes and closes the sessions of the others).
 fn probed(info: &NodeInfo, config: &Config) -> bool {
-    info.egress_assignable() && info.ready && !(config.cordoned_nodes_ineligible && info.unschedulable)
+    info.egress_assignable()
+        && info.ready
+        && !(config.cordoned_nodes_ineligible && info.unschedulable)
 }
 
 struct Writes {
@@ -109,10 +111,12 @@ impl Writes {
                 continue;
             };
             let mark = engine.mark(&name);
-            let before: Vec<EgressIPStatusItem> =
-                current.status.iter().flat_map(|s| s.items.clone()).collect();
-            match write_status(&self.api, current, &items, mark, || leadership.is_leader()).await
-            {
+            let before: Vec<EgressIPStatusItem> = current
+                .status
+                .iter()
+                .flat_map(|s| s.items.clone())
+                .collect();
+            match write_status(&self.api, current, &items, mark, || leadership.is_leader()).await {
                 Ok(Some(written)) => {
                     let latency = since.elapsed();
                     for item in &items {
@@ -268,7 +272,10 @@ pub async fn run(
             if let Err(e) = writes.events.publish(&event, uid).await {
                 log(
                     "controller",
-                    format!("Event {} for {} {}: {e}", event.reason, event.kind, event.name),
+                    format!(
+                        "Event {} for {} {}: {e}",
+                        event.reason, event.kind, event.name
+                    ),
                 );
             }
         }

@@ -17,9 +17,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use futures::StreamExt;
 use http::{Method, Request, Response, StatusCode};
+use http_body::Frame;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
-use http_body::Frame;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -90,15 +90,17 @@ const KINDS: &[(&str, &str, &str, bool)] = &[
         "networking.k8s.io/servicecidrs",
         false,
     ),
-    ("coordination.k8s.io/v1", "Lease", "coordination.k8s.io/leases", true),
+    (
+        "coordination.k8s.io/v1",
+        "Lease",
+        "coordination.k8s.io/leases",
+        true,
+    ),
     ("events.k8s.io/v1", "Event", "events.k8s.io/events", true),
 ];
 
 fn kind_of_resource(resource: &str) -> Option<(&'static str, &'static str)> {
-    KINDS
-        .iter()
-        .find(|k| k.2 == resource)
-        .map(|k| (k.0, k.1))
+    KINDS.iter().find(|k| k.2 == resource).map(|k| (k.0, k.1))
 }
 
 fn resource_of(api_version: &str, kind: &str) -> Option<&'static str> {
@@ -169,11 +171,7 @@ fn route(path: &str) -> Option<(String, Option<String>, Option<String>)> {
         [plural, tail @ ..] => (None, *plural, tail.first()),
         [] => return None,
     };
-    Some((
-        format!("{group}/{plural}"),
-        ns,
-        name.map(|s| s.to_string()),
-    ))
+    Some((format!("{group}/{plural}"), ns, name.map(|s| s.to_string())))
 }
 
 fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
@@ -220,7 +218,10 @@ impl ApiServer {
     /// Creates or replaces an object as a user would (`apiVersion`, `kind` and
     /// `metadata.name` required). Returns its new resourceVersion.
     pub fn put(&self, mut object: Value) -> u64 {
-        let api_version = object["apiVersion"].as_str().unwrap_or_default().to_string();
+        let api_version = object["apiVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let kind = object["kind"].as_str().unwrap_or_default().to_string();
         let resource = resource_of(&api_version, &kind)
             .unwrap_or_else(|| panic!("the test API server does not serve {api_version} {kind}"));
@@ -286,10 +287,13 @@ impl ApiServer {
         let mut state = self.lock();
         state.oldest = state.rv + 1;
         state.history.clear();
-        let gone = watch_line("ERROR", &json!({
-            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": "too old resource version", "reason": "Expired", "code": 410
-        }));
+        let gone = watch_line(
+            "ERROR",
+            &json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": "too old resource version", "reason": "Expired", "code": 410
+            }),
+        );
         for w in state.watchers.drain(..) {
             let _ = w.tx.send(gone.clone());
         }
@@ -307,6 +311,38 @@ impl ApiServer {
         state.watchers.len()
     }
 
+    /// Serves the same API over plain HTTP/1.1 on `listener` (for a process under test, e.g.
+    /// with a kubeconfig whose server is `http://ADDR`), recording its requests as `client`.
+    /// Runs until the task is dropped.
+    pub async fn serve_http(&self, listener: tokio::net::TcpListener, client: &str) {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let server = self.clone();
+            let client = client.to_string();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let server = server.clone();
+                        let client = client.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let bytes = body
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
+                            Ok::<_, Infallible>(server.answer(&client, parts, bytes))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }
+
     async fn handle(&self, client: &str, req: Request<kube::client::Body>) -> Response<Body> {
         let (parts, body) = req.into_parts();
         let bytes = body
@@ -314,6 +350,10 @@ impl ApiServer {
             .await
             .map(|c| c.to_bytes())
             .unwrap_or_default();
+        self.answer(client, parts, bytes)
+    }
+
+    fn answer(&self, client: &str, parts: http::request::Parts, bytes: Bytes) -> Response<Body> {
         let body: Option<Value> = if bytes.is_empty() {
             None
         } else {
@@ -367,11 +407,14 @@ impl ApiServer {
                     .filter(|(k, _)| k.0 == resource && (ns.is_none() || k.1 == ns_key))
                     .map(|(_, v)| v.clone())
                     .collect();
-                respond(200, &json!({
-                    "apiVersion": api_version, "kind": format!("{kind}List"),
-                    "metadata": { "resourceVersion": state.rv.to_string() },
-                    "items": items
-                }))
+                respond(
+                    200,
+                    &json!({
+                        "apiVersion": api_version, "kind": format!("{kind}List"),
+                        "metadata": { "resourceVersion": state.rv.to_string() },
+                        "items": items
+                    }),
+                )
             }
             (Method::GET, Some(name)) => {
                 match state.objects.get(&(resource.clone(), ns_key, name.clone())) {
@@ -388,7 +431,11 @@ impl ApiServer {
                 };
                 let key = (resource, ns_key.clone(), name.clone());
                 if state.objects.contains_key(&key) {
-                    return status(409, "AlreadyExists", format!("{kind} {name:?} already exists"));
+                    return status(
+                        409,
+                        "AlreadyExists",
+                        format!("{kind} {name:?} already exists"),
+                    );
                 }
                 obj["apiVersion"] = json!(api_version);
                 obj["kind"] = json!(kind);
@@ -407,11 +454,18 @@ impl ApiServer {
                     return status(404, "NotFound", format!("{kind} {name:?} not found"));
                 };
                 if let Some(rv) = obj["metadata"]["resourceVersion"].as_str()
-                    && rv != old["metadata"]["resourceVersion"].as_str().unwrap_or_default()
+                    && rv
+                        != old["metadata"]["resourceVersion"]
+                            .as_str()
+                            .unwrap_or_default()
                 {
-                    return status(409, "Conflict", format!(
-                        "Operation cannot be fulfilled on {kind} {name:?}: the object has been modified; please apply your changes to the latest version and try again"
-                    ));
+                    return status(
+                        409,
+                        "Conflict",
+                        format!(
+                            "Operation cannot be fulfilled on {kind} {name:?}: the object has been modified; please apply your changes to the latest version and try again"
+                        ),
+                    );
                 }
                 obj["metadata"]["uid"] = old["metadata"]["uid"].clone();
                 obj["metadata"]["creationTimestamp"] = old["metadata"]["creationTimestamp"].clone();
@@ -420,9 +474,13 @@ impl ApiServer {
             }
             (Method::PATCH, Some(name)) => {
                 if content_type.as_deref() != Some("application/merge-patch+json") {
-                    return status(415, "UnsupportedMediaType", format!(
-                        "the test API server only plays merge patches, not {content_type:?}"
-                    ));
+                    return status(
+                        415,
+                        "UnsupportedMediaType",
+                        format!(
+                            "the test API server only plays merge patches, not {content_type:?}"
+                        ),
+                    );
                 }
                 let Some(patch) = body else {
                     return status(400, "BadRequest", "no body".into());
@@ -432,11 +490,18 @@ impl ApiServer {
                     return status(404, "NotFound", format!("{kind} {name:?} not found"));
                 };
                 if let Some(rv) = patch["metadata"]["resourceVersion"].as_str()
-                    && rv != old["metadata"]["resourceVersion"].as_str().unwrap_or_default()
+                    && rv
+                        != old["metadata"]["resourceVersion"]
+                            .as_str()
+                            .unwrap_or_default()
                 {
-                    return status(409, "Conflict", format!(
-                        "Operation cannot be fulfilled on {kind} {name:?}: the object has been modified; please apply your changes to the latest version and try again"
-                    ));
+                    return status(
+                        409,
+                        "Conflict",
+                        format!(
+                            "Operation cannot be fulfilled on {kind} {name:?}: the object has been modified; please apply your changes to the latest version and try again"
+                        ),
+                    );
                 }
                 let mut obj = old;
                 merge(&mut obj, &patch);
@@ -464,10 +529,12 @@ impl State {
             obj["metadata"]["uid"] = json!(format!("uid-{}-{rv}", key.2));
         }
         if obj["metadata"]["creationTimestamp"].is_null() {
-            obj["metadata"]["creationTimestamp"] = json!(jiff::Timestamp::now()
-                .round(jiff::Unit::Second)
-                .expect("round")
-                .to_string());
+            obj["metadata"]["creationTimestamp"] = json!(
+                jiff::Timestamp::now()
+                    .round(jiff::Unit::Second)
+                    .expect("round")
+                    .to_string()
+            );
         }
         self.objects.insert(key.clone(), obj.clone());
         self.notify(&key.0, &key.1, type_, obj, rv);
@@ -501,11 +568,14 @@ impl State {
             .and_then(|v| v.parse().ok())
             .unwrap_or(self.rv);
         if from + 1 < self.oldest {
-            let _ = tx.send(watch_line("ERROR", &json!({
-                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": format!("too old resource version: {from} ({})", self.oldest - 1),
-                "reason": "Expired", "code": 410
-            })));
+            let _ = tx.send(watch_line(
+                "ERROR",
+                &json!({
+                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": format!("too old resource version: {from} ({})", self.oldest - 1),
+                    "reason": "Expired", "code": 410
+                }),
+            ));
         } else {
             for (rv, r, n, type_, obj) in &self.history {
                 if *rv > from && r == resource && ns.as_deref().is_none_or(|x| x == n) {
@@ -515,18 +585,21 @@ impl State {
             if query_param(query, "allowWatchBookmarks") == Some("true")
                 && let Some((api_version, kind)) = kind_of_resource(resource)
             {
-                let _ = tx.send(watch_line("BOOKMARK", &json!({
-                    "apiVersion": api_version, "kind": kind,
-                    "metadata": { "resourceVersion": self.rv.to_string() }
-                })));
+                let _ = tx.send(watch_line(
+                    "BOOKMARK",
+                    &json!({
+                        "apiVersion": api_version, "kind": kind,
+                        "metadata": { "resourceVersion": self.rv.to_string() }
+                    }),
+                ));
             }
             self.watchers.push(Watcher {
                 resource: resource.to_string(),
                 namespace: ns,
                 tx,
             });
-            let stream = UnboundedReceiverStream::new(rx)
-                .map(|b| Ok::<_, Infallible>(Frame::data(b)));
+            let stream =
+                UnboundedReceiverStream::new(rx).map(|b| Ok::<_, Infallible>(Frame::data(b)));
             return Response::builder()
                 .status(200)
                 .header("content-type", "application/json")

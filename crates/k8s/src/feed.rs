@@ -140,9 +140,12 @@ impl Feed {
             }
             Update::NodeGone(name) => {
                 self.nodes.remove(&name);
-                self.with(|s| {
-                    s.nodes.remove(&name);
-                }, |e| e.remove_node(&name));
+                self.with(
+                    |s| {
+                        s.nodes.remove(&name);
+                    },
+                    |e| e.remove_node(&name),
+                );
             }
             Update::Namespace(ns) => match (&mut self.staging, &mut self.engine) {
                 (Some(s), _) => {

@@ -198,7 +198,8 @@ impl LeaderElector {
         let holder = spec.holder_identity.clone().unwrap_or_default();
         let ours = holder == self.config.identity;
         if !ours && !holder.is_empty() {
-            let duration = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(15).max(1) as u64);
+            let duration =
+                Duration::from_secs(spec.lease_duration_seconds.unwrap_or(15).max(1) as u64);
             let now = Instant::now();
             let seen_since = match &self.observed {
                 Some((h, r, since)) if *h == holder && *r == spec.renew_time => *since,
@@ -219,7 +220,11 @@ impl LeaderElector {
             );
         }
         let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!ours);
-        let acquire = if ours { spec.acquire_time.clone() } else { None };
+        let acquire = if ours {
+            spec.acquire_time.clone()
+        } else {
+            None
+        };
         lease.spec = Some(self.spec(acquire, transitions));
         match self.api.replace(&self.config.name, &pp, &lease).await {
             Ok(_) => Ok(Attempt::Held),

@@ -19,6 +19,8 @@ pub mod lease;
 pub mod watch;
 pub mod writer;
 
+pub use kube::Client;
+
 /// Builds a client from a kubeconfig file, or from the environment (in-cluster service account,
 /// `KUBECONFIG`, `~/.kube/config`) when no path is given.
 pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, String> {

@@ -42,10 +42,16 @@ pub enum Update {
     Namespace(NamespaceInfo),
     NamespaceGone(String),
     Pod(PodInfo),
-    PodGone { namespace: String, name: String },
+    PodGone {
+        namespace: String,
+        name: String,
+    },
     EgressIp(Box<EgressIP>),
     EgressIpGone(String),
-    ServiceCidr { name: String, cidrs: Vec<IpNet> },
+    ServiceCidr {
+        name: String,
+        cidrs: Vec<IpNet>,
+    },
     ServiceCidrGone(String),
     /// The kind's first complete list has been delivered (once per kind).
     Synced(Kind),
@@ -290,7 +296,10 @@ mod tests {
         assert!(t.on(watcher::Event::Init).is_empty());
         assert!(t.on(watcher::Event::InitApply(ns("a"))).is_empty());
         assert!(t.on(watcher::Event::InitApply(ns("b"))).is_empty());
-        assert_eq!(keys(&t.on(watcher::Event::InitDone)), ["+a", "+b", "synced"]);
+        assert_eq!(
+            keys(&t.on(watcher::Event::InitDone)),
+            ["+a", "+b", "synced"]
+        );
         assert_eq!(keys(&t.on(watcher::Event::Apply(ns("c")))), ["+c"]);
         assert_eq!(keys(&t.on(watcher::Event::Delete(ns("a")))), ["-a"]);
         // After a 410 Gone the watcher lists again: c vanished meanwhile, d appeared.

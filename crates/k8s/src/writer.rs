@@ -183,7 +183,8 @@ mod tests {
         let mut e = EgressIP::new("e", EgressIPSpec::default());
         e.metadata.resource_version = Some("7".into());
         if let Some(m) = mark {
-            e.metadata.annotations = Some([(EGRESSIP_MARK_ANNOTATION.to_string(), m.into())].into());
+            e.metadata.annotations =
+                Some([(EGRESSIP_MARK_ANNOTATION.to_string(), m.into())].into());
         }
         e.status = items.map(|items| EgressIPStatus { items });
         e
@@ -212,7 +213,10 @@ mod tests {
             None
         );
         // An object without status and nothing assigned needs no write either.
-        assert_eq!(status_patch(&object(None, Some("50001")), &[], Some(50001)), None);
+        assert_eq!(
+            status_patch(&object(None, Some("50001")), &[], Some(50001)),
+            None
+        );
     }
 
     #[test]

@@ -38,7 +38,12 @@ async fn the_plan_follows_the_written_status_only() {
     let mut source = KubeSource::start(api.client("agent-n1"), "n1", Config::default()).await;
     let view = next(&mut source).await;
     assert_eq!(view.tunnel, Some("10.0.0.1".parse().unwrap()));
-    let hosted: Vec<String> = view.plan.egress_ips.iter().map(|h| h.ip.to_string()).collect();
+    let hosted: Vec<String> = view
+        .plan
+        .egress_ips
+        .iter()
+        .map(|h| h.ip.to_string())
+        .collect();
     assert_eq!(hosted, ["10.0.0.100"]);
     assert_eq!(view.plan.egress_ips[0].mark, Some(50007));
     assert_eq!(view.plan.snat.len(), 1);
@@ -78,10 +83,8 @@ async fn node_addressing_is_published_without_the_placed_egress_ips() {
     bare["metadata"]["annotations"] = json!({});
     api.put(bare);
     let client = api.client("agent-n1");
-    let node_obj: k8s_openapi::api::core::v1::Node = serde_json::from_value(
-        api.get("v1", "Node", "", "n1").unwrap(),
-    )
-    .unwrap();
+    let node_obj: k8s_openapi::api::core::v1::Node =
+        serde_json::from_value(api.get("v1", "Node", "", "n1").unwrap()).unwrap();
     let addressing = node_addressing(
         &[
             "10.0.0.1/24".parse().unwrap(),
@@ -100,7 +103,10 @@ async fn node_addressing_is_published_without_the_placed_egress_ips() {
         .find(|r| r.method == "PATCH")
         .unwrap();
     assert_eq!(sent.path, "/api/v1/nodes/n1");
-    assert_eq!(sent.content_type.as_deref(), Some("application/merge-patch+json"));
+    assert_eq!(
+        sent.content_type.as_deref(),
+        Some("application/merge-patch+json")
+    );
     assert_eq!(
         sent.body,
         Some(json!({ "metadata": { "annotations": {

@@ -65,9 +65,7 @@ impl Replica {
 fn egress_ip_patches(api: &ApiServer, client: &str) -> Vec<Recorded> {
     api.requests()
         .into_iter()
-        .filter(|r| {
-            r.client == client && r.method == "PATCH" && r.path.contains("/egressips/")
-        })
+        .filter(|r| r.client == client && r.method == "PATCH" && r.path.contains("/egressips/"))
         .collect()
 }
 
@@ -117,7 +115,10 @@ async fn leader_writes_status_mark_and_events_exactly() {
     let e1: Vec<&Recorded> = patches.iter().filter(|r| r.path.ends_with("/e1")).collect();
     assert_eq!(e1.len(), 1, "{e1:?}");
     assert_eq!(e1[0].path, "/apis/k8s.ovn.org/v1/egressips/e1");
-    assert_eq!(e1[0].content_type.as_deref(), Some("application/merge-patch+json"));
+    assert_eq!(
+        e1[0].content_type.as_deref(),
+        Some("application/merge-patch+json")
+    );
     assert_eq!(
         e1[0].body,
         Some(json!({
@@ -132,19 +133,28 @@ async fn leader_writes_status_mark_and_events_exactly() {
         }))
     );
     let stored = api.get("k8s.ovn.org/v1", "EgressIP", "", "e1").unwrap();
-    assert_eq!(stored["metadata"]["annotations"]["k8s.ovn.org/egressip-mark"], "50000");
-    assert_eq!(stored["spec"]["egressIPs"], json!(["10.0.0.100", "10.0.0.101"]));
+    assert_eq!(
+        stored["metadata"]["annotations"]["k8s.ovn.org/egressip-mark"],
+        "50000"
+    );
+    assert_eq!(
+        stored["spec"]["egressIPs"],
+        json!(["10.0.0.100", "10.0.0.101"])
+    );
 
     // Events for the bad object: events.k8s.io/v1 in "default", naming it, with OVN-K's reasons.
     eventually("two Events", || {
         api.list("events.k8s.io/v1", "Event").len() >= 2
     })
     .await;
-    let bad_uid = api.get("k8s.ovn.org/v1", "EgressIP", "", "bad").unwrap()["metadata"]["uid"].clone();
+    let bad_uid =
+        api.get("k8s.ovn.org/v1", "EgressIP", "", "bad").unwrap()["metadata"]["uid"].clone();
     let posts: Vec<Recorded> = api
         .requests()
         .into_iter()
-        .filter(|r| r.method == "POST" && r.path == "/apis/events.k8s.io/v1/namespaces/default/events")
+        .filter(|r| {
+            r.method == "POST" && r.path == "/apis/events.k8s.io/v1/namespaces/default/events"
+        })
         .collect();
     let mut reasons: Vec<String> = Vec::new();
     for post in &posts {
@@ -171,7 +181,12 @@ async fn leader_writes_status_mark_and_events_exactly() {
 
     // The Lease: created with our identity, then renewed.
     let lease = api
-        .get("coordination.k8s.io/v1", "Lease", "kube-egress", "kube-egress-controller")
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "kube-egress",
+            "kube-egress-controller",
+        )
         .unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], "a");
     assert_eq!(lease["spec"]["leaseDurationSeconds"], 2);
@@ -185,7 +200,10 @@ async fn only_the_lease_holder_writes_and_a_lost_lease_stops_writes() {
     cluster(&api);
     api.put(egress_ip("e1", &["10.0.0.100"]));
     let a = Replica::start(&api, "a");
-    eventually("e1 assigned by a", || eip_status(&api, "e1") == pairs(&[("n1", "10.0.0.100")])).await;
+    eventually("e1 assigned by a", || {
+        eip_status(&api, "e1") == pairs(&[("n1", "10.0.0.100")])
+    })
+    .await;
 
     let b = Replica::start(&api, "b");
     // b follows the Lease for a while (a keeps renewing) and writes nothing.
@@ -199,11 +217,19 @@ async fn only_the_lease_holder_writes_and_a_lost_lease_stops_writes() {
     .await;
     // A change while a leads: a moves the IP, b stays silent.
     api.put(node("n1", "10.0.0.1/24", false));
-    eventually("e1 moved to n2", || eip_status(&api, "e1") == pairs(&[("n2", "10.0.0.100")])).await;
+    eventually("e1 moved to n2", || {
+        eip_status(&api, "e1") == pairs(&[("n2", "10.0.0.100")])
+    })
+    .await;
     assert!(egress_ip_patches(&api, "b").is_empty());
     assert_eq!(
-        api.get("coordination.k8s.io/v1", "Lease", "kube-egress", "kube-egress-controller").unwrap()
-            ["spec"]["holderIdentity"],
+        api.get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "kube-egress",
+            "kube-egress-controller"
+        )
+        .unwrap()["spec"]["holderIdentity"],
         "a"
     );
 
@@ -218,13 +244,23 @@ async fn only_the_lease_holder_writes_and_a_lost_lease_stops_writes() {
     });
     let cut = api.requests().len();
     eventually("b holds the Lease", || {
-        api.get("coordination.k8s.io/v1", "Lease", "kube-egress", "kube-egress-controller").unwrap()
-            ["spec"]["holderIdentity"]
+        api.get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "kube-egress",
+            "kube-egress-controller",
+        )
+        .unwrap()["spec"]["holderIdentity"]
             == "b"
     })
     .await;
     let lease = api
-        .get("coordination.k8s.io/v1", "Lease", "kube-egress", "kube-egress-controller")
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "kube-egress",
+            "kube-egress-controller",
+        )
         .unwrap();
     assert_eq!(lease["spec"]["leaseTransitions"], 1);
     api.put(node("n2", "10.0.0.2/24", false));
@@ -257,7 +293,10 @@ async fn a_conflict_rereads_and_patches_again() {
         times: 1,
     });
     let a = Replica::start(&api, "a");
-    eventually("e1 assigned", || eip_status(&api, "e1") == pairs(&[("n1", "10.0.0.100")])).await;
+    eventually("e1 assigned", || {
+        eip_status(&api, "e1") == pairs(&[("n1", "10.0.0.100")])
+    })
+    .await;
     let calls: Vec<String> = api
         .requests()
         .iter()
@@ -274,17 +313,31 @@ async fn a_restarted_controller_keeps_every_valid_assignment() {
     cluster(&api);
     // Written by an earlier controller: e1 on n2 although a fresh assignment would pick n1
     // (least loaded, then by name); e2's 10.0.0.200 is on n1.
-    api.put(with_status(egress_ip("e1", &["10.0.0.100"]), &[("n2", "10.0.0.100")], 50000));
-    api.put(with_status(egress_ip("e2", &["10.0.0.200"]), &[("n1", "10.0.0.200")], 50001));
+    api.put(with_status(
+        egress_ip("e1", &["10.0.0.100"]),
+        &[("n2", "10.0.0.100")],
+        50000,
+    ));
+    api.put(with_status(
+        egress_ip("e2", &["10.0.0.200"]),
+        &[("n1", "10.0.0.200")],
+        50001,
+    ));
     // Written last in name order: once it is assigned, the new leader has checked e1 and e2.
     api.put(egress_ip("zz-last", &["10.0.0.250"]));
 
     let a = Replica::start(&api, "a");
-    eventually("zz-last assigned", || eip_status(&api, "zz-last").len() == 1).await;
+    eventually("zz-last assigned", || {
+        eip_status(&api, "zz-last").len() == 1
+    })
+    .await;
     a.stop().await;
     let a2 = Replica::start(&api, "a2");
     api.put(egress_ip("zz-later", &["10.0.0.251"]));
-    eventually("zz-later assigned", || eip_status(&api, "zz-later").len() == 1).await;
+    eventually("zz-later assigned", || {
+        eip_status(&api, "zz-later").len() == 1
+    })
+    .await;
     a2.stop().await;
 
     let moved: Vec<Recorded> = api
@@ -297,8 +350,13 @@ async fn a_restarted_controller_keeps_every_valid_assignment() {
     assert_eq!(eip_status(&api, "e2"), pairs(&[("n1", "10.0.0.200")]));
     // The second replica waited for the first one's Lease to expire, then took it.
     assert_eq!(
-        api.get("coordination.k8s.io/v1", "Lease", "kube-egress", "kube-egress-controller").unwrap()
-            ["spec"]["holderIdentity"],
+        api.get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "kube-egress",
+            "kube-egress-controller"
+        )
+        .unwrap()["spec"]["holderIdentity"],
         "a2"
     );
 }

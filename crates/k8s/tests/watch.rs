@@ -11,9 +11,7 @@ use kube_egress_k8s::fake::ApiServer;
 use kube_egress_k8s::watch::{Kind, Update, watch_cluster};
 use serde_json::json;
 
-async fn next_node_update(
-    updates: &mut (impl futures::Stream<Item = Update> + Unpin),
-) -> Update {
+async fn next_node_update(updates: &mut (impl futures::Stream<Item = Update> + Unpin)) -> Update {
     loop {
         let update = tokio::time::timeout(Duration::from_secs(30), updates.next())
             .await
