@@ -14,6 +14,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use kube_egress_linux::desired::TUNNEL_DEVICE;
+use kube_egress_linux::nft::{Nft, PacketCount};
 use kube_egress_testbed::{Pod, Testbed, is_root};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kube-egress");
@@ -785,9 +787,16 @@ fn stale_state_is_removed_and_foreign_state_is_kept() {
             .contains(&"10.10.0.100/32".into())
     );
     assert!(lab.nft_elements("node1", "snat_v4").contains("10.128.2.10"));
-    assert!(lab.nft_elements("node1", "link_v4").contains("10.128.2.11"));
     assert!(
-        lab.nft_elements("node2", "steer_v4")
+        lab.nft_elements("node1", "marks_v4")
+            .contains("10.128.2.11")
+    );
+    assert!(
+        lab.nft_elements("node1", "counters_v4")
+            .contains("192.168.126.10")
+    );
+    assert!(
+        lab.nft_elements("node2", "marks_v4")
             .contains("10.128.2.10")
     );
     assert_eq!(
@@ -829,9 +838,12 @@ fn stale_state_is_removed_and_foreign_state_is_kept() {
             .map(str::to_string)
             .collect();
         assert_eq!(routes, Vec::<String>::new(), "{node}: our routes remain");
-        for map in ["snat_v4", "link_v4", "steer_v4"] {
+        for map in ["snat_v4", "marks_v4", "counters_v4"] {
             assert_eq!(lab.nft_elements(node, map), "", "{node}: map {map}");
         }
+        // With every map empty, no chain is left to cost anything per packet.
+        let table = lab.nft(node, &["table", "inet", "kube_egress"]).unwrap();
+        assert!(!table.contains("chain "), "{node}:\n{table}");
         assert_eq!(
             foreign_state(&lab, node),
             foreign[node],
@@ -923,11 +935,16 @@ fn running_agents_follow_manifest_changes() {
     let pod2 = lab.pod("pod2");
     let url = lab.tb.server().url();
     assert_eq!(seen_by(pod2, &url), lab.node_ip("node2"));
+    // Nothing to steer yet, so node2 has no steering chains: they come with the first mark.
+    let table = || lab.nft("node2", &["table", "inet", "kube_egress"]).unwrap();
+    assert!(!table().contains("chain prerouting"), "{}", table());
 
     lab.restore_manifest(EGRESSIPS);
     wait_for_source(pod2, &url, Duration::from_secs(5), |seen| {
         prod_egress_ips().contains(&seen)
     });
+    assert!(table().contains("chain prerouting"), "{}", table());
+    assert!(table().contains("chain tunnel_out"), "{}", table());
 
     lab.remove_manifest(EGRESSIPS);
     let node2 = lab.node_ip("node2");
@@ -947,4 +964,77 @@ fn running_agents_follow_manifest_changes() {
     for agent in &agents {
         lab.stop_agent(agent);
     }
+}
+
+/// The packets and bytes counted per egress IP on a node (the agent's nft counters).
+fn egress_counters(lab: &Lab, node: &str) -> BTreeMap<IpAddr, PacketCount> {
+    Nft::in_netns(lab.ns(node), TUNNEL_DEVICE)
+        .egress_counters_blocking()
+        .unwrap_or_else(|e| panic!("reading the counters of {node}: {e}"))
+}
+
+/// Every egress IP a node hosts has a counter, and it counts the traffic the server receives
+/// from that address, and only that.
+#[test]
+fn egress_counters_count_what_the_server_sees() {
+    let Some(lab) = Lab::new() else { return };
+    for node in NODES {
+        lab.once_ok(node);
+    }
+    let hosted = |node: &str| {
+        egress_counters(&lab, node)
+            .keys()
+            .copied()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        hosted("node1"),
+        [ip(REPORTS_EGRESS_IP), ip(PROD_EGRESS_IPS[0])]
+    );
+    assert_eq!(hosted("node3"), [ip(PROD_EGRESS_IPS[1])]);
+    assert_eq!(hosted("node2"), Vec::<IpAddr>::new());
+
+    let before: BTreeMap<IpAddr, PacketCount> = ["node1", "node3"]
+        .iter()
+        .flat_map(|n| egress_counters(&lab, n))
+        .collect();
+    let server = lab.tb.server();
+    let far = lab.tb.secondary("sec").unwrap().server();
+    server.clear();
+    far.clear();
+    for _ in 0..20 {
+        let seen = seen_by(lab.pod("pod2"), &server.url());
+        assert!(prod_egress_ips().contains(&seen), "pod2 left with {seen}");
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            seen_by(lab.pod("pod1"), &server.url()),
+            ip(PROD_EGRESS_IPS[0])
+        );
+        assert_eq!(seen_by(lab.pod("pod4"), &far.url()), ip(REPORTS_EGRESS_IP));
+    }
+    let mut requests: BTreeMap<IpAddr, u64> = BTreeMap::new();
+    for seen in server.seen().into_iter().chain(far.seen()) {
+        *requests.entry(seen).or_default() += 1;
+    }
+    let after: BTreeMap<IpAddr, PacketCount> = ["node1", "node3"]
+        .iter()
+        .flat_map(|n| egress_counters(&lab, n))
+        .collect();
+    for (egress_ip, count) in &after {
+        let n = requests.get(egress_ip).copied().unwrap_or(0);
+        let packets = count.packets - before[egress_ip].packets;
+        let bytes = count.bytes - before[egress_ip].bytes;
+        // A request on its own connection: at least the SYN, the request and the final ACK or
+        // FIN leave with the egress IP; no other traffic here has it as its source.
+        assert!(
+            packets >= 3 * n && (n > 0) == (packets > 0),
+            "{egress_ip}: {packets} packets counted for {n} requests (seen: {requests:?})"
+        );
+        assert!(
+            bytes >= 40 * packets,
+            "{egress_ip}: {bytes} bytes for {packets} packets"
+        );
+    }
+    assert_eq!(requests.values().sum::<u64>(), 26, "{requests:?}");
 }

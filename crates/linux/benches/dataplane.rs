@@ -28,9 +28,12 @@
 //! generous to the baseline), then one more pod with one `ip rule add` and one `iptables -A`.
 //!
 //! (b) **Traffic.** pod → egress node → router → external server, with the node holding (1) no
-//! egress rules (the CNI's masquerade only), (2) kube-egress with the N-pod plan, (3) kube-egress
-//! with only the traffic's pod in its plan (what the chains cost whatever the size), (4) the OVN-K
-//! way with N ip rules and N iptables rules. The traffic's pod is one of the N (the middle one, so
+//! egress rules (the CNI's masquerade only), (2) kube-egress with the N-pod plan, (3) the same
+//! with the egress IP counting chain deleted after the apply (what the counters cost), (4)
+//! kube-egress with only the traffic's pod in its plan (what the chains cost whatever the size),
+//! (5) the N-pod plan plus N other local pods steered to another egress node (the prerouting and
+//! tunnel chains exist; the measured packets miss the marks map), (6) the OVN-K way with N ip
+//! rules and N iptables rules. The traffic's pod is one of the N (the middle one, so
 //! the linear rule lists of the baseline are walked half-way for it). Measured: iperf3 TCP
 //! throughput (one stream) and a request rate (4 clients in parallel, a new TCP connection per
 //! request, so every request passes the NAT rules). Each round programs each configuration in
@@ -41,7 +44,9 @@
 //! Before any figure is taken the state is checked: the applier's `verify` is empty and the nft
 //! map holds N entries, the baseline has N rules of each kind, and a request from the served pod
 //! reaches the server with the egress IP (the node IP without egress rules), while a pod outside
-//! the N keeps leaving with the node IP. A failed check exits non-zero.
+//! the N keeps leaving with the node IP; the chains of the table are the ones the configuration
+//! calls for, and after each kube-egress measurement with counters the egress IP's counter holds
+//! at least three packets per request. A failed check exits non-zero.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -56,7 +61,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use ipnet::{IpNet, Ipv4Net};
-use kube_egress_engine::{Exclusions, HostedIp, NodePlan, SnatEntry, SubnetKind};
+use kube_egress_engine::{
+    EgressHop, Exclusions, HostedIp, NodePlan, SnatEntry, SteeringEntry, SteeringRoute, SubnetKind,
+};
 use kube_egress_linux::applier::Applier;
 use kube_egress_linux::desired::{RULE_PRIORITY, TUNNEL_DEVICE, desired};
 use kube_egress_linux::netlink::{Family, Netlink, RouteProtocol, Rule, RuleAction, select_link};
@@ -83,6 +90,12 @@ const FIRST_EXTRA: Ipv4Addr = Ipv4Addr::new(10, 128, 128, 0);
 /// A pod on the node that no EgressIP serves.
 const OTHER_POD: Ipv4Addr = Ipv4Addr::new(10, 128, 200, 10);
 const LINK: &str = "eth0";
+/// The steered pods of the steering configuration: STEERED_POD + i, to a peer egress node that
+/// is never reached (no measured packet is steered).
+const STEERED_POD: Ipv4Addr = Ipv4Addr::new(10, 129, 0, 10);
+const STEERING_MARK: u32 = 50_001;
+const PEER_NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 126, 3);
+const PEER_EGRESS_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 126, 11);
 const MAX_PODS: u32 = 30_000;
 
 const OVNK_CHAIN: &str = "OVN-KUBE-EGRESS-IP-MULTI-NIC";
@@ -125,6 +138,31 @@ fn base_plan(pods: u32) -> NodePlan {
             service_cidrs: vec![SERVICE_CIDR.into()],
             node_ips: vec![NODE_IP.into()],
         }),
+    }
+}
+
+/// `base` plus `pods` other local pods (from 10.129.0.0) steered over the tunnel to another
+/// egress node, as on a node that both hosts an egress IP and has pods served elsewhere.
+fn steering_plan(base: &NodePlan, pods: u32) -> NodePlan {
+    let first = u32::from(STEERED_POD);
+    NodePlan {
+        steering: (0..pods)
+            .map(|i| SteeringEntry {
+                pod_ip: Ipv4Addr::from(first + i).into(),
+                mark: STEERING_MARK,
+            })
+            .collect(),
+        steering_routes: vec![SteeringRoute {
+            mark: STEERING_MARK,
+            family: Family::V4,
+            egress_ip: "elsewhere".into(),
+            next_hops: vec![EgressHop {
+                node: "peer".into(),
+                address: PEER_NODE_IP.into(),
+                egress_ip: PEER_EGRESS_IP.into(),
+            }],
+        }],
+        ..base.clone()
     }
 }
 
@@ -881,25 +919,48 @@ async fn ovnk_programming(args: &Args, ovnk: &Ovnk) -> Result<OvnkProgramming> {
 enum Config {
     NoRules,
     KubeEgress,
+    /// The same with the counting chain deleted after the apply: what the egress IP counters cost.
+    KubeEgressUncounted,
     /// kube-egress with only the served pod in the plan: what the chains cost whatever the size.
     KubeEgressOne,
+    /// The N-pod plan plus N other local pods steered to another egress node: the prerouting and
+    /// tunnel chains exist, and every packet of the measured traffic misses the marks map.
+    KubeEgressSteering,
     Ovnk,
 }
 
 impl Config {
-    const ALL: [Config; 4] = [
+    const ALL: [Config; 6] = [
         Config::NoRules,
         Config::KubeEgress,
+        Config::KubeEgressUncounted,
         Config::KubeEgressOne,
+        Config::KubeEgressSteering,
         Config::Ovnk,
     ];
+
+    fn is_kube_egress(self) -> bool {
+        matches!(
+            self,
+            Config::KubeEgress
+                | Config::KubeEgressUncounted
+                | Config::KubeEgressOne
+                | Config::KubeEgressSteering
+        )
+    }
 
     fn label(self, pods: u32) -> String {
         let n = thousands(pods.into());
         match self {
             Config::NoRules => "no egress rules (CNI masquerade only)".into(),
             Config::KubeEgress => format!("kube-egress, {n} SNAT map entries"),
+            Config::KubeEgressUncounted => {
+                format!("kube-egress, {n} SNAT map entries, egress IP counters removed")
+            }
             Config::KubeEgressOne => "kube-egress, 1 SNAT map entry (the served pod)".into(),
+            Config::KubeEgressSteering => {
+                format!("kube-egress, {n} SNAT map entries + {n} other pods steered away")
+            }
             Config::Ovnk => format!("OVN-K way, {n} ip rules + {n} iptables SNAT rules"),
         }
     }
@@ -908,7 +969,7 @@ impl Config {
     fn expected_source(self) -> Ipv4Addr {
         match self {
             Config::NoRules => NODE_IP,
-            Config::KubeEgress | Config::KubeEgressOne | Config::Ovnk => EGRESS_IP,
+            _ => EGRESS_IP,
         }
     }
 }
@@ -1102,6 +1163,7 @@ struct Traffic<'a> {
     server: Ipv4Addr,
     plan: &'a NodePlan,
     plan_one: &'a NodePlan,
+    plan_steering: &'a NodePlan,
     ovnk: &'a Ovnk,
 }
 
@@ -1121,11 +1183,14 @@ impl Traffic<'_> {
                 );
                 anyhow::Ok(())
             })??,
-            Config::KubeEgress | Config::KubeEgressOne => run_in(&self.node_ns, || async {
-                let plan = if config == Config::KubeEgress {
-                    self.plan
-                } else {
-                    self.plan_one
+            Config::KubeEgress
+            | Config::KubeEgressUncounted
+            | Config::KubeEgressOne
+            | Config::KubeEgressSteering => run_in(&self.node_ns, || async {
+                let plan = match config {
+                    Config::KubeEgressOne => self.plan_one,
+                    Config::KubeEgressSteering => self.plan_steering,
+                    _ => self.plan,
                 };
                 let nl = Netlink::connect()?;
                 let mut applier = Applier::new(nl, Nft::new(TUNNEL_DEVICE), Some(NODE_IP.into()));
@@ -1146,6 +1211,21 @@ impl Traffic<'_> {
                     "the SNAT map holds {entries:?} entries, not {}",
                     plan.snat.len()
                 );
+                let table = run("nft", &["list", "table", "inet", "kube_egress"])?;
+                let steering = config == Config::KubeEgressSteering;
+                ensure!(
+                    table.contains("chain prerouting") == steering
+                        && table.contains("chain tunnel_out") == steering
+                        && table.contains("chain egress_count"),
+                    "unexpected chains for {config:?}:\n{table}"
+                );
+                if config == Config::KubeEgressUncounted {
+                    run(
+                        "nft",
+                        &["flush chain inet kube_egress egress_count; \
+                             delete chain inet kube_egress egress_count"],
+                    )?;
+                }
                 anyhow::Ok(())
             })??,
             Config::Ovnk => {
@@ -1167,7 +1247,10 @@ impl Traffic<'_> {
     fn teardown(&self, config: Config) -> Result<()> {
         match config {
             Config::NoRules => Ok(()),
-            Config::KubeEgress | Config::KubeEgressOne => run_in(&self.node_ns, || async {
+            Config::KubeEgress
+            | Config::KubeEgressUncounted
+            | Config::KubeEgressOne
+            | Config::KubeEgressSteering => run_in(&self.node_ns, || async {
                 let nl = Netlink::connect()?;
                 let mut applier = Applier::new(nl, Nft::new(TUNNEL_DEVICE), Some(NODE_IP.into()));
                 applier.remove_all().await?;
@@ -1231,6 +1314,18 @@ impl Traffic<'_> {
             peers.len() == 1 && peers.get(&want) == Some(&ok),
             "{config:?}: the server saw sources {peers:?}, wanted {ok} × {want}"
         );
+        if config.is_kube_egress() && config != Config::KubeEgressUncounted {
+            // The table is new in each round: its counter holds this round's traffic, of which
+            // every request sent at least a SYN, the request and an ACK or FIN.
+            let counters = run_in(&self.node_ns, || async {
+                Nft::new(TUNNEL_DEVICE).egress_counters().await
+            })??;
+            let counted = counters.get(&want).map(|c| c.packets).unwrap_or(0);
+            ensure!(
+                counters.len() == 1 && counted >= 3 * ok,
+                "{config:?}: the egress IP counters hold {counters:?} after {ok} requests"
+            );
+        }
         figures.round.push(round);
         figures.gbits.push(gbits);
         figures.retransmits.push(retransmits);
@@ -1343,6 +1438,7 @@ fn traffic(
         plan_one.snat.len() == 1,
         "the served pod is not in the plan"
     );
+    let plan_steering = steering_plan(plan, args.pods);
     let t = Traffic {
         tb,
         node_ns: tb.node(NODE).context("no node")?.netns().name().to_string(),
@@ -1362,6 +1458,7 @@ fn traffic(
         server: tb.server().ip(),
         plan,
         plan_one: &plan_one,
+        plan_steering: &plan_steering,
         ovnk,
     };
     let mut figures: Vec<(Config, TrafficFigures)> = Config::ALL
@@ -1591,6 +1688,22 @@ fn report(r: &Results, header: &str) -> (String, bool) {
             "Target: kube-egress ({n} entries) / no rules ≥ {TARGET_RATIO} (median of per-round ratios): iperf3 throughput {gr:.3} ({}), request rate {qr:.3} ({})",
             verdict(g_ok),
             verdict(q_ok)
+        );
+    }
+    let find = |config: Config| {
+        r.traffic
+            .iter()
+            .find(|(c, f)| *c == config && !f.gbits.is_empty())
+            .map(|(_, f)| f)
+    };
+    if let (Some(counted), Some(uncounted)) =
+        (find(Config::KubeEgress), find(Config::KubeEgressUncounted))
+    {
+        let _ = writeln!(
+            s,
+            "Egress IP counters: kube-egress with / without its counting chain, paired by round: iperf3 throughput {}, request rate {}",
+            ratios(counted, uncounted, gbits).text(),
+            ratios(counted, uncounted, rate).text()
         );
     }
     (s, all_met)

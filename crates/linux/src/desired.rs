@@ -85,6 +85,7 @@ pub fn desired(
         match link_for(&hosted.ip) {
             Some((index, name)) => {
                 d.addresses.insert(hosted.ip, (index, name.clone()));
+                d.nft.counted.insert(hosted.ip);
                 egress_links.insert(hosted.ip, (index, name, hosted.kind));
             }
             None => problems.push(Problem {
@@ -105,7 +106,7 @@ pub fn desired(
         if *kind == SubnetKind::Secondary {
             let family = Family::of(&snat.egress_ip);
             let mark = LINK_TABLE_BASE + index;
-            d.nft.link_marks.insert(snat.pod_ip, mark);
+            d.nft.marks.insert(snat.pod_ip, mark);
             d.rules.insert(Rule {
                 family,
                 mark,
@@ -124,7 +125,10 @@ pub fn desired(
         .collect();
     for entry in &plan.steering {
         if routable.contains(&(entry.mark, Family::of(&entry.pod_ip))) {
-            d.nft.steer.insert(entry.pod_ip, entry.mark);
+            // A secondary link's mark, set above, wins (as the later rule did in earlier
+            // layouts): the pod leaves by its egress IP here.
+            d.nft.marks.entry(entry.pod_ip).or_insert(entry.mark);
+            d.nft.steering = true;
         }
     }
     for route in &plan.steering_routes {
@@ -227,8 +231,13 @@ mod tests {
             d.nft.snat.get(&(ip("10.128.2.11"), "eth1".to_string())),
             Some(&ip("10.10.0.100"))
         );
-        assert_eq!(d.nft.link_marks.get(&ip("10.128.2.11")), Some(&1003));
-        assert_eq!(d.nft.link_marks.len(), 1);
+        assert_eq!(d.nft.marks.get(&ip("10.128.2.11")), Some(&1003));
+        assert_eq!(d.nft.marks.len(), 1);
+        assert!(!d.nft.steering);
+        assert_eq!(
+            d.nft.counted,
+            [ip("10.10.0.100"), ip("192.168.126.10")].into()
+        );
         assert_eq!(
             d.rules.iter().copied().collect::<Vec<_>>(),
             vec![Rule {
@@ -287,13 +296,44 @@ mod tests {
         };
         let (d, problems) = desired(&plan, link_for);
         assert!(problems.is_empty());
-        assert_eq!(d.nft.steer.len(), 1);
+        assert_eq!(d.nft.marks.len(), 1);
+        assert!(d.nft.steering);
         assert_eq!(
             d.steering_tables.get(&(50000, Family::V4)),
             Some(&vec![ip("192.168.126.2"), ip("192.168.126.4")])
         );
         assert_eq!(d.tunnel_peers.len(), 2);
         assert!(d.addresses.is_empty() && d.nft.snat.is_empty());
+    }
+
+    #[test]
+    fn a_secondary_link_mark_wins_over_steering() {
+        let plan = NodePlan {
+            egress_ips: vec![hosted("10.10.0.100", SubnetKind::Secondary, "10.10.0.0/24")],
+            snat: vec![SnatEntry {
+                pod_ip: ip("10.128.2.11"),
+                egress_ip: ip("10.10.0.100"),
+            }],
+            steering: vec![SteeringEntry {
+                pod_ip: ip("10.128.2.11"),
+                mark: 50000,
+            }],
+            steering_routes: vec![SteeringRoute {
+                mark: 50000,
+                family: Family::V4,
+                egress_ip: "prod".into(),
+                next_hops: vec![EgressHop {
+                    node: "node3".into(),
+                    address: ip("192.168.126.4"),
+                    egress_ip: ip("192.168.126.102"),
+                }],
+            }],
+            ..Default::default()
+        };
+        let (d, problems) = desired(&plan, link_for);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(d.nft.marks.get(&ip("10.128.2.11")), Some(&1003));
+        assert!(d.nft.steering);
     }
 
     #[test]

@@ -43,8 +43,9 @@ fn sample() -> NftState {
     s.excluded.insert("172.30.0.0/16".parse().unwrap());
     s.excluded.insert("192.168.126.2/32".parse().unwrap());
     s.excluded.insert("fd01::/48".parse().unwrap());
-    s.steer.insert("10.128.2.10".parse().unwrap(), 50000);
-    s.link_marks.insert("10.128.2.11".parse().unwrap(), 1003);
+    s.marks.insert("10.128.2.10".parse().unwrap(), 50000);
+    s.marks.insert("10.128.2.11".parse().unwrap(), 1003);
+    s.steering = true;
     s.snat.insert(
         ("10.128.2.10".parse().unwrap(), "eth0".into()),
         "192.168.126.10".parse().unwrap(),
@@ -53,6 +54,8 @@ fn sample() -> NftState {
         ("fd01::5".parse().unwrap(), "eth1".into()),
         "fd00::10".parse().unwrap(),
     );
+    s.counted.insert("192.168.126.10".parse().unwrap());
+    s.counted.insert("fd00::10".parse().unwrap());
     s
 }
 
@@ -66,10 +69,16 @@ async fn full_table_then_element_diffs_round_trip() {
     nft.apply(&nft.full_batch(&state)).await.unwrap();
     assert_eq!(nft.read().await.unwrap(), Some(state.clone()));
     let text = listed(&ns.0);
+    assert!(text.contains("ip saddr @marks_v4 jump mark_v4"), "{text}");
     assert!(
-        text.contains("meta mark set ip saddr map @steer_v4"),
+        text.contains("meta mark set ip saddr map @marks_v4"),
         "{text}"
     );
+    assert!(
+        text.contains("counter name ip saddr map @counters_v4"),
+        "{text}"
+    );
+    assert!(text.contains("counter egress_fd00--10"), "{text}");
     assert!(
         text.contains("snat ip to ip saddr . oifname map @snat_v4"),
         "{text}"
@@ -78,8 +87,10 @@ async fn full_table_then_element_diffs_round_trip() {
 
     // Element changes only.
     let mut next = state.clone();
-    next.steer.insert("10.128.2.10".parse().unwrap(), 50001);
-    next.steer.insert("10.128.2.12".parse().unwrap(), 50002);
+    next.marks.insert("10.128.2.10".parse().unwrap(), 50001);
+    next.marks.insert("10.128.2.12".parse().unwrap(), 50002);
+    next.counted.remove(&"fd00::10".parse().unwrap());
+    next.counted.insert("192.168.126.11".parse().unwrap());
     next.snat
         .remove(&("fd01::5".parse().unwrap(), "eth1".to_string()));
     next.excluded.remove(&"172.30.0.0/16".parse().unwrap());
@@ -106,9 +117,9 @@ async fn a_failed_batch_changes_nothing() {
     nft.apply(&nft.full_batch(&state)).await.unwrap();
     // Deleting an element that does not exist fails the whole batch, including the add before it.
     let mut gone = state.clone();
-    gone.steer.insert("10.128.9.9".parse().unwrap(), 50009);
+    gone.marks.insert("10.128.9.9".parse().unwrap(), 50009);
     let mut bogus = NftState::default();
-    bogus.steer.insert("10.128.7.7".parse().unwrap(), 50007);
+    bogus.marks.insert("10.128.7.7".parse().unwrap(), 50007);
     let mut batch = nft.diff_batch(&state, &gone).unwrap();
     let bad = nft.diff_batch(&bogus, &NftState::default()).unwrap();
     batch["nftables"]
@@ -132,4 +143,137 @@ async fn a_table_of_another_layout_reads_as_absent() {
     assert!(out.success());
     let nft = Nft::in_netns(&ns.0, "kegress0");
     assert_eq!(nft.read().await.unwrap(), None);
+}
+
+/// The chains of the listed table, in order.
+fn chains(ns: &str) -> Vec<String> {
+    listed(ns)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("chain "))
+        .map(|l| l.trim_end_matches(" {").to_string())
+        .collect()
+}
+
+/// Maps that get their first element, or lose their last, add or remove their chains in the
+/// same transaction, and the table reads back as what was written at every step.
+#[tokio::test]
+async fn chains_follow_the_maps_through_every_transition() {
+    let Some(ns) = Netns::new("chains") else {
+        return;
+    };
+    let nft = Nft::in_netns(&ns.0, "kegress0");
+    let mut empty = NftState::default();
+    empty.excluded.insert("10.128.0.0/14".parse().unwrap());
+    nft.apply(&nft.full_batch(&empty)).await.unwrap();
+    assert_eq!(nft.read().await.unwrap(), Some(empty.clone()));
+    assert!(chains(&ns.0).is_empty(), "{}", listed(&ns.0));
+
+    let mut egress = empty.clone();
+    egress.snat.insert(
+        ("10.128.2.10".parse().unwrap(), "eth0".into()),
+        "192.168.126.10".parse().unwrap(),
+    );
+    egress.counted.insert("192.168.126.10".parse().unwrap());
+    let mut steering = empty.clone();
+    steering.marks.insert("10.128.2.10".parse().unwrap(), 50000);
+    steering.steering = true;
+    let mut both = egress.clone();
+    both.marks = steering.marks.clone();
+    both.steering = true;
+
+    let steps: [(&NftState, &[&str]); 6] = [
+        (&egress, &["postrouting", "egress_count"]),
+        (
+            &both,
+            &[
+                "mark_v4",
+                "prerouting",
+                "tunnel_out",
+                "postrouting",
+                "egress_count",
+            ],
+        ),
+        (
+            &steering,
+            &["mark_v4", "prerouting", "tunnel_out", "postrouting"],
+        ),
+        (&empty, &[]),
+        (
+            &both,
+            &[
+                "mark_v4",
+                "prerouting",
+                "tunnel_out",
+                "postrouting",
+                "egress_count",
+            ],
+        ),
+        (&empty, &[]),
+    ];
+    let mut current = empty.clone();
+    for (next, wanted) in steps {
+        let batch = nft.diff_batch(&current, next).unwrap();
+        nft.apply(&batch)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{batch:#}"));
+        assert_eq!(
+            nft.read().await.unwrap().as_ref(),
+            Some(next),
+            "{}",
+            listed(&ns.0)
+        );
+        let mut got = chains(&ns.0);
+        got.sort();
+        let mut wanted: Vec<String> = wanted.iter().map(|s| s.to_string()).collect();
+        wanted.sort();
+        assert_eq!(got, wanted, "{}", listed(&ns.0));
+        current = next.clone();
+    }
+}
+
+/// A table whose chains were changed behind our back reads as absent, so the next apply
+/// rewrites it as a whole.
+#[tokio::test]
+async fn a_tampered_chain_reads_as_absent() {
+    let Some(ns) = Netns::new("tamper") else {
+        return;
+    };
+    let nft = Nft::in_netns(&ns.0, "kegress0");
+    nft.apply(&nft.full_batch(&sample())).await.unwrap();
+    let ok = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.0,
+            "nft",
+            "flush",
+            "chain",
+            "inet",
+            TABLE,
+            "prerouting",
+        ])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    assert_eq!(nft.read().await.unwrap(), None);
+    nft.apply(&nft.full_batch(&sample())).await.unwrap();
+    assert_eq!(nft.read().await.unwrap(), Some(sample()));
+}
+
+#[tokio::test]
+async fn counters_of_an_absent_table_are_empty() {
+    let Some(ns) = Netns::new("nocount") else {
+        return;
+    };
+    let nft = Nft::in_netns(&ns.0, "kegress0");
+    assert!(nft.egress_counters().await.unwrap().is_empty());
+    assert!(nft.egress_counters_blocking().unwrap().is_empty());
+    nft.apply(&nft.full_batch(&sample())).await.unwrap();
+    let counters = nft.egress_counters().await.unwrap();
+    assert_eq!(
+        counters.keys().copied().collect::<Vec<_>>(),
+        sample().counted.into_iter().collect::<Vec<_>>()
+    );
+    assert!(counters.values().all(|c| c.packets == 0 && c.bytes == 0));
+    assert_eq!(nft.egress_counters_blocking().unwrap(), counters);
 }
