@@ -33,6 +33,7 @@ use kube_egress_linux::applier::Applier;
 use kube_egress_linux::desired::TUNNEL_DEVICE;
 use kube_egress_linux::netlink::{AddressScope, Change, Netlink, Subscription};
 use kube_egress_linux::nft::Nft;
+use kube_egress_metrics::{AgentMetrics, EgressTraffic, Registry};
 use kube_egress_probe::{HealthServer, HealthServerConfig, ServerTls};
 
 use crate::manifests::Manifests;
@@ -374,6 +375,62 @@ async fn health_server(args: &AgentArgs) -> Result<Option<HealthServer>> {
     Ok(Some(server))
 }
 
+/// Registers the agent's metrics (traffic per egress IP read from nftables at each scrape) and
+/// serves them on `--metrics-bind-address` until the returned sender is dropped or fired.
+async fn serve_metrics(
+    args: &AgentArgs,
+) -> Result<(AgentMetrics, tokio::sync::oneshot::Sender<()>)> {
+    let mut registry = Registry::default();
+    let metrics = AgentMetrics::register(&mut registry, || {
+        // Called on a blocking thread: a small runtime of its own runs `nft`.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("starting a runtime to read the counters: {e}"))?;
+        let counters = runtime
+            .block_on(Nft::new(TUNNEL_DEVICE).egress_counters())
+            .map_err(|e| format!("reading the egress counters from nftables: {e}"))?;
+        Ok(counters
+            .into_iter()
+            .map(|(ip, c)| {
+                (
+                    ip,
+                    EgressTraffic {
+                        packets: c.packets,
+                        bytes: c.bytes,
+                    },
+                )
+            })
+            .collect())
+    });
+    let listener = tokio::net::TcpListener::bind(args.metrics_bind_address)
+        .await
+        .with_context(|| format!("serving metrics on {}", args.metrics_bind_address))?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(kube_egress_metrics::serve(
+        listener,
+        std::sync::Arc::new(registry),
+        stopped,
+    ));
+    Ok((metrics, stop))
+}
+
+/// Applies the plan and records the outcome in the metrics.
+async fn apply(
+    applier: &mut Applier,
+    plan: &NodePlan,
+    metrics: &AgentMetrics,
+) -> Result<kube_egress_linux::applier::Report, kube_egress_linux::applier::ApplyError> {
+    let started = std::time::Instant::now();
+    let result = applier.apply(plan).await;
+    metrics.observe_apply(started.elapsed(), result.is_ok());
+    if let Ok(report) = &result {
+        metrics.set_problems(report.problems.len());
+        metrics.set_egress_ips(plan.egress_ips.len());
+    }
+    result
+}
+
 pub fn run(args: &AgentArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -423,10 +480,11 @@ async fn agent(args: &AgentArgs) -> Result<()> {
     }
 
     let health = health_server(args).await?;
+    let (metrics, _stop_metrics) = serve_metrics(args).await?;
     // A second handle for reading host addresses (the applier owns the first).
     let nl = Netlink::connect()?;
     let mut routes = Subscription::new(&[Family::V4, Family::V6])?;
-    let report = applier.apply(&plan).await?;
+    let report = apply(&mut applier, &plan, &metrics).await?;
     for problem in &report.problems {
         log(format!("problem: {problem}"));
     }
@@ -451,7 +509,7 @@ async fn agent(args: &AgentArgs) -> Result<()> {
                 };
                 if new_plan != plan {
                     plan = new_plan;
-                    match applier.apply(&plan).await {
+                    match apply(&mut applier, &plan, &metrics).await {
                         Ok(r) => log(format!("plan changed: {} changes", r.changes)),
                         Err(e) => log(format!("applying: {e}")),
                     }
@@ -481,7 +539,7 @@ async fn agent(args: &AgentArgs) -> Result<()> {
                     None => {
                         log("route notifications ended; subscribing again");
                         routes = Subscription::new(&[Family::V4, Family::V6])?;
-                        let _ = applier.apply(&plan).await;
+                        let _ = apply(&mut applier, &plan, &metrics).await;
                     }
                 }
             }
@@ -490,7 +548,7 @@ async fn agent(args: &AgentArgs) -> Result<()> {
                     Ok(diffs) if diffs.is_empty() => {}
                     Ok(diffs) => {
                         log(format!("repairing: {}", diffs.join("; ")));
-                        if let Err(e) = applier.apply(&plan).await {
+                        if let Err(e) = apply(&mut applier, &plan, &metrics).await {
                             log(format!("applying: {e}"));
                         }
                     }

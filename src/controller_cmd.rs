@@ -4,13 +4,16 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
 use ipnet::IpNet;
 use kube_egress_engine::Config;
-use kube_egress_k8s::controller::{ControllerConfig, NoMetrics};
+use kube_egress_k8s::controller::{ControllerConfig, Observer};
 use kube_egress_k8s::lease::LeaseConfig;
+use kube_egress_metrics::{ControllerMetrics, Registry};
 use kube_egress_probe::{ClientTls, ReachabilityConfig};
 
 /// The controller's Kubernetes settings. Every flag can also be set through the environment
@@ -67,6 +70,27 @@ pub struct ControllerArgs {
         default_value = "0.0.0.0:9476"
     )]
     pub metrics_bind_address: SocketAddr,
+}
+
+/// The controller's Prometheus metrics, fed by the Kubernetes controller's hooks.
+struct Metrics(ControllerMetrics);
+
+impl Observer for Metrics {
+    fn egress_ips(&self, assigned: usize) {
+        self.0.set_egress_ips(assigned);
+    }
+    fn node_unreachable(&self) {
+        self.0.node_unreachable();
+    }
+    fn rebalance(&self) {
+        self.0.rebalance();
+    }
+    fn assigned(&self, latency: Duration) {
+        self.0.observe_assign(latency);
+    }
+    fn unassigned(&self, latency: Duration) {
+        self.0.observe_unassign(latency);
+    }
 }
 
 fn host_name() -> String {
@@ -127,6 +151,17 @@ async fn controller(args: &ControllerArgs) -> Result<()> {
         "kube-egress controller: {} starting (Lease {}/{})",
         config.lease.identity, config.lease.namespace, config.lease.name
     );
+    let mut registry = Registry::default();
+    let metrics = Metrics(ControllerMetrics::register(&mut registry));
+    let listener = tokio::net::TcpListener::bind(args.metrics_bind_address)
+        .await
+        .with_context(|| format!("serving metrics on {}", args.metrics_bind_address))?;
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_server = tokio::spawn(kube_egress_metrics::serve(
+        listener,
+        Arc::new(registry),
+        metrics_stopped,
+    ));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let shutdown = async move {
         tokio::select! {
@@ -134,7 +169,10 @@ async fn controller(args: &ControllerArgs) -> Result<()> {
             _ = tokio::signal::ctrl_c() => {}
         }
     };
-    kube_egress_k8s::controller::run(client, config, &NoMetrics, shutdown).await?;
+    let result = kube_egress_k8s::controller::run(client, config, &metrics, shutdown).await;
+    let _ = stop_metrics.send(());
+    let _ = metrics_server.await;
+    result?;
     eprintln!("kube-egress controller: stopping");
     Ok(())
 }
