@@ -489,7 +489,7 @@ async fn agent(args: &AgentArgs) -> Result<()> {
         log(format!("problem: {problem}"));
     }
     log(format!(
-        "node {}: plan applied ({} changes); following {}",
+        "node {}: plan applied ({} changes); watching {}",
         args.node,
         report.changes,
         source.describe()

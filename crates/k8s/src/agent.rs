@@ -1,7 +1,7 @@
 //! The agent's Kubernetes source: this node's plan from the watched objects, and the node
 //! addressing annotations the engine needs when no OVN-Kubernetes publishes them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -80,7 +80,7 @@ impl KubeSource {
                     continue;
                 }
                 let plan = if plan_changed {
-                    engine.node_plan(&node)
+                    restrict_to_written(engine.node_plan(&node), &node, &written(&feed))
                 } else {
                     last.as_ref().map(|l| l.plan.clone()).unwrap_or_default()
                 };
@@ -115,6 +115,44 @@ impl KubeSource {
             }
         }
     }
+}
+
+/// Every `(node, egress IP)` pair written in an EgressIP status.
+fn written(feed: &Feed) -> HashSet<(String, IpAddr)> {
+    feed.egress_ips
+        .values()
+        .flat_map(|e| e.status.iter().flat_map(|s| &s.items))
+        .filter_map(|i| Some((i.node.clone(), i.egress_ip.trim().parse().ok()?)))
+        .collect()
+}
+
+/// Drops from a plan whatever the written statuses do not say: an IP is hosted here only when
+/// written as on this node, and steered to a node only when written as on that node. The
+/// agent's engine reproduces the written assignment; this guarantees it where the engine could
+/// not take a status as written (e.g. a node whose addressing this agent sees differently).
+pub fn restrict_to_written(
+    mut plan: NodePlan,
+    node: &str,
+    written: &HashSet<(String, IpAddr)>,
+) -> NodePlan {
+    plan.egress_ips
+        .retain(|h| written.contains(&(node.to_string(), h.ip)));
+    let hosted: HashSet<IpAddr> = plan.egress_ips.iter().map(|h| h.ip).collect();
+    plan.snat.retain(|s| hosted.contains(&s.egress_ip));
+    for route in &mut plan.steering_routes {
+        route
+            .next_hops
+            .retain(|h| written.contains(&(h.node.clone(), h.egress_ip)));
+    }
+    plan.steering_routes.retain(|r| !r.next_hops.is_empty());
+    let routed: HashSet<(u32, Family)> = plan
+        .steering_routes
+        .iter()
+        .map(|r| (r.mark, r.family))
+        .collect();
+    plan.steering
+        .retain(|s| routed.contains(&(s.mark, Family::of(&s.pod_ip))));
+    plan
 }
 
 /// Whether the agent publishes `node-primary-ifaddr` and `host-cidrs` on its Node.
@@ -280,6 +318,71 @@ mod tests {
             },
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_plan_keeps_only_written_assignments() {
+        use kube_egress_engine::{
+            EgressHop, HostedIp, SnatEntry, SteeringEntry, SteeringRoute, SubnetKind,
+        };
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let plan = NodePlan {
+            egress_ips: vec![
+                HostedIp {
+                    ip: ip("10.0.0.100"),
+                    egress_ip: "e1".into(),
+                    mark: Some(50000),
+                    kind: SubnetKind::Primary,
+                    subnet: net("10.0.0.0/24"),
+                },
+                HostedIp {
+                    ip: ip("10.0.0.101"),
+                    egress_ip: "e2".into(),
+                    mark: Some(50001),
+                    kind: SubnetKind::Primary,
+                    subnet: net("10.0.0.0/24"),
+                },
+            ],
+            snat: vec![
+                SnatEntry {
+                    pod_ip: ip("10.128.0.5"),
+                    egress_ip: ip("10.0.0.100"),
+                },
+                SnatEntry {
+                    pod_ip: ip("10.128.0.6"),
+                    egress_ip: ip("10.0.0.101"),
+                },
+            ],
+            steering: vec![SteeringEntry {
+                pod_ip: ip("10.128.0.7"),
+                mark: 50002,
+            }],
+            steering_routes: vec![SteeringRoute {
+                mark: 50002,
+                family: Family::V4,
+                egress_ip: "e3".into(),
+                next_hops: vec![EgressHop {
+                    node: "n2".into(),
+                    address: ip("10.0.0.2"),
+                    egress_ip: ip("10.0.0.102"),
+                }],
+            }],
+            ..NodePlan::default()
+        };
+        let written: HashSet<(String, IpAddr)> = [("n1".to_string(), ip("10.0.0.100"))].into();
+        let kept = restrict_to_written(plan.clone(), "n1", &written);
+        assert_eq!(kept.egress_ips.len(), 1);
+        assert_eq!(kept.egress_ips[0].ip, ip("10.0.0.100"));
+        assert_eq!(kept.snat, plan.snat[..1]);
+        assert!(kept.steering.is_empty() && kept.steering_routes.is_empty());
+        // Everything written: nothing dropped.
+        let all: HashSet<(String, IpAddr)> = [
+            ("n1".to_string(), ip("10.0.0.100")),
+            ("n1".to_string(), ip("10.0.0.101")),
+            ("n2".to_string(), ip("10.0.0.102")),
+        ]
+        .into();
+        assert_eq!(restrict_to_written(plan.clone(), "n1", &all), plan);
     }
 
     #[test]

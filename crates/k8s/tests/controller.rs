@@ -104,6 +104,8 @@ async fn leader_writes_status_mark_and_events_exactly() {
     let rv = api.put(e1);
     let mut bad = egress_ip("bad", &["not-an-ip", "10.0.0.1"]);
     bad["metadata"]["creationTimestamp"] = json!("2026-01-02T00:00:00Z");
+    // Selecting no pod, so that its only Events are about its IPs.
+    bad["spec"]["namespaceSelector"] = json!({ "matchLabels": { "env": "staging" } });
     api.put(bad);
 
     let a = Replica::start(&api, "a");
