@@ -299,7 +299,16 @@ impl Source {
         if args.publish_node_addressing == PublishNodeAddressing::Never {
             return;
         }
-        let host = match host_addresses(nl, &args.cluster_cidrs).await {
+        // Pod network gateways (bridges) are not host networks: --cluster-cidr and the node's
+        // own pod CIDRs.
+        let mut pod_networks = args.cluster_cidrs.clone();
+        pod_networks.extend(
+            node.spec
+                .iter()
+                .flat_map(|s| s.pod_cidrs.iter().flatten().chain(s.pod_cidr.iter()))
+                .filter_map(|c| c.parse::<IpNet>().ok()),
+        );
+        let host = match host_addresses(nl, &pod_networks).await {
             Ok(h) => h,
             Err(e) => {
                 log(format!("reading host addresses: {e:#}"));
@@ -329,8 +338,8 @@ impl Source {
 }
 
 /// Host addresses worth publishing: global scope, not placed by us (egress IPs), not on our
-/// tunnel device, not inside the pod network (bridge gateways), not deprecated.
-async fn host_addresses(nl: &Netlink, cluster_cidrs: &[IpNet]) -> Result<Vec<IpNet>> {
+/// tunnel device, not inside the pod networks, not deprecated.
+async fn host_addresses(nl: &Netlink, pod_networks: &[IpNet]) -> Result<Vec<IpNet>> {
     let tunnel = nl.link(TUNNEL_DEVICE).await?.map(|l| l.index);
     Ok(nl
         .addresses()
@@ -338,7 +347,7 @@ async fn host_addresses(nl: &Netlink, cluster_cidrs: &[IpNet]) -> Result<Vec<IpN
         .into_iter()
         .filter(|a| a.scope == AddressScope::Universe && !a.is_owned() && !a.deprecated)
         .filter(|a| Some(a.index) != tunnel)
-        .filter(|a| !cluster_cidrs.iter().any(|c| c.contains(&a.ip())))
+        .filter(|a| !pod_networks.iter().any(|c| c.contains(&a.ip())))
         .map(|a| a.net)
         .collect())
 }

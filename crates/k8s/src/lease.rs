@@ -116,7 +116,13 @@ impl LeaderElector {
         loop {
             tick.tick().await;
             let started = Instant::now();
-            match self.attempt().await {
+            // A request that hangs must not outlive the renew deadline unnoticed.
+            let attempt =
+                match tokio::time::timeout(self.config.renew_deadline, self.attempt()).await {
+                    Ok(result) => result,
+                    Err(_) => Err(format!("no answer within {:?}", self.config.renew_deadline)),
+                };
+            match attempt {
                 Ok(Attempt::Held) => {
                     if !leading {
                         log(
@@ -172,7 +178,11 @@ impl LeaderElector {
         }
     }
 
-    async fn attempt(&mut self) -> Result<Attempt, kube::Error> {
+    async fn attempt(&mut self) -> Result<Attempt, String> {
+        self.try_attempt().await.map_err(|e| e.to_string())
+    }
+
+    async fn try_attempt(&mut self) -> Result<Attempt, kube::Error> {
         let pp = PostParams {
             field_manager: Some("kube-egress-controller".into()),
             ..PostParams::default()
