@@ -12,8 +12,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use kube::Client;
 use kube::api::Api;
+use kube::{Client, ResourceExt};
 use kube_egress_api::{EgressIP, EgressIPStatusItem};
 use kube_egress_engine::{Config, NodeInfo};
 use kube_egress_probe::{ClientTls, NodeTarget, Prober, ReachabilityConfig};
@@ -200,6 +200,7 @@ pub async fn run(
     // Events raised while not leading (the load's, before the Lease is won) are published once
     // leading; after a takeover some may repeat what the previous leader published.
     let mut held_events: Vec<kube_egress_engine::Event> = Vec::new();
+    let mut touched: Vec<String> = Vec::new();
     tokio::pin!(shutdown);
     let result = loop {
         tokio::select! {
@@ -216,6 +217,11 @@ pub async fn run(
                 }
                 for update in batch {
                     follow_node(&mut prober, &update, &config.engine);
+                    if let Update::EgressIp(eip) = &update {
+                        // Checked even when the engine sees no change: someone may have edited
+                        // the status or removed the mark (OVN-K restores both).
+                        touched.push(eip.name_any());
+                    }
                     feed.apply(update);
                 }
             }
@@ -251,6 +257,7 @@ pub async fn run(
             // Not ours to write; a replica that becomes leader checks every object.
             was_leader = false;
             writes.dirty.clear();
+            touched.clear();
             continue;
         }
         if !was_leader {
@@ -260,7 +267,7 @@ pub async fn run(
                 writes.dirty.entry(name.clone()).or_insert(now);
             }
         }
-        for name in changes.egress_ips {
+        for name in changes.egress_ips.into_iter().chain(touched.drain(..)) {
             writes.dirty.entry(name).or_insert(now);
         }
         let _ = writes.flush(&mut feed, &leadership, observer).await;

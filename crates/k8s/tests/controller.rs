@@ -362,3 +362,56 @@ async fn a_restarted_controller_keeps_every_valid_assignment() {
         "a2"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_status_or_removed_mark_is_restored() {
+    let api = ApiServer::new();
+    cluster(&api);
+    api.put(egress_ip("e1", &["10.0.0.100"]));
+    let a = Replica::start(&api, "a");
+    eventually("e1 assigned", || {
+        eip_status(&api, "e1") == pairs(&[("n1", "10.0.0.100")])
+    })
+    .await;
+    // A user rewrites the object without status and mark (as `kubectl replace` from a file).
+    api.put(egress_ip("e1", &["10.0.0.100"]));
+    eventually("status and mark restored", || {
+        let e1 = api.get("k8s.ovn.org/v1", "EgressIP", "", "e1").unwrap();
+        status_of(&e1) == pairs(&[("n1", "10.0.0.100")])
+            && e1["metadata"]["annotations"]["k8s.ovn.org/egressip-mark"] == "50000"
+    })
+    .await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cordoned_nodes_lose_their_ips_when_configured() {
+    let api = ApiServer::new();
+    cluster(&api);
+    api.put(egress_ip("e1", &["10.0.0.100"]));
+    let mut config = config("a");
+    config.engine.cordoned_nodes_ineligible = true;
+    let client = api.client("a");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        run(client, config, &NoMetrics, async {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("controller");
+    });
+    eventually("e1 on n1", || {
+        eip_status(&api, "e1") == pairs(&[("n1", "10.0.0.100")])
+    })
+    .await;
+    // kubectl cordon n1
+    let mut n1 = node("n1", "10.0.0.1/24", true);
+    n1["spec"]["unschedulable"] = json!(true);
+    api.put(n1);
+    eventually("e1 moved to n2", || {
+        eip_status(&api, "e1") == pairs(&[("n2", "10.0.0.100")])
+    })
+    .await;
+    let _ = stop.send(());
+    task.await.unwrap();
+}
