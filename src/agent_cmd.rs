@@ -13,12 +13,12 @@
 //! The plan is applied with the Linux applier in the network namespace the agent runs in. The
 //! agent follows the main-table routes of secondary links, re-checks the kernel periodically,
 //! and on SIGTERM/SIGINT leaves the data plane in place (a rolling update must not cut traffic);
-//! startup adopts what exists.
+//! startup adopts what exists. It serves its metrics on `--metrics-bind-address`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -29,7 +29,7 @@ use kube_egress_k8s::agent::{
     AgentView, KubeSource, PublishNodeAddressing, addressing_patch, node_addressing,
     publish_addressing,
 };
-use kube_egress_linux::applier::Applier;
+use kube_egress_linux::applier::{Applier, ApplyError, Report};
 use kube_egress_linux::desired::TUNNEL_DEVICE;
 use kube_egress_linux::netlink::{AddressScope, Change, Netlink, Subscription};
 use kube_egress_linux::nft::Nft;
@@ -113,14 +113,14 @@ pub struct AgentArgs {
         default_value = "auto"
     )]
     pub publish_node_addressing: PublishNodeAddressing,
-    /// Where GET /metrics is served.
+    /// Where to serve Prometheus metrics (`GET /metrics`); an empty value disables them.
     #[arg(
         long,
         env = "KUBE_EGRESS_METRICS_BIND_ADDRESS",
-        value_name = "ADDR",
-        default_value = "0.0.0.0:9477"
+        default_value = "0.0.0.0:9477",
+        value_name = "ADDRESS:PORT"
     )]
-    pub metrics_bind_address: SocketAddr,
+    pub metrics_bind_address: String,
     /// How often the whole kernel state is checked against the plan.
     #[arg(
         long,
@@ -384,58 +384,62 @@ async fn health_server(args: &AgentArgs) -> Result<Option<HealthServer>> {
     Ok(Some(server))
 }
 
-/// Registers the agent's metrics (traffic per egress IP read from nftables at each scrape) and
-/// serves them on `--metrics-bind-address` until the returned sender is dropped or fired.
-async fn serve_metrics(
-    args: &AgentArgs,
-) -> Result<(AgentMetrics, tokio::sync::oneshot::Sender<()>)> {
+/// Starts the metrics endpoint unless it is disabled. The per egress IP counters are read from
+/// nft at each scrape, so they are always the kernel's current values.
+async fn start_metrics(address: &str) -> Result<Option<AgentMetrics>> {
+    if address.is_empty() {
+        return Ok(None);
+    }
+    let address: SocketAddr = address.parse().with_context(|| {
+        format!("--metrics-bind-address {address:?} is not an ADDRESS:PORT (an empty value disables metrics)")
+    })?;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding the metrics endpoint to {address}"))?;
     let mut registry = Registry::default();
-    let metrics = AgentMetrics::register(&mut registry, || {
-        // Called on a blocking thread: a small runtime of its own runs `nft`.
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| format!("starting a runtime to read the counters: {e}"))?;
-        let counters = runtime
-            .block_on(Nft::new(TUNNEL_DEVICE).egress_counters())
-            .map_err(|e| format!("reading the egress counters from nftables: {e}"))?;
+    let nft = Nft::new(TUNNEL_DEVICE);
+    let metrics = AgentMetrics::register(&mut registry, move || {
+        let counters = nft.egress_counters_blocking().map_err(|e| {
+            log(format!("reading the egress IP counters: {e}"));
+            e.to_string()
+        })?;
         Ok(counters
             .into_iter()
             .map(|(ip, c)| {
-                (
-                    ip,
-                    EgressTraffic {
-                        packets: c.packets,
-                        bytes: c.bytes,
-                    },
-                )
+                let traffic = EgressTraffic {
+                    packets: c.packets,
+                    bytes: c.bytes,
+                };
+                (ip, traffic)
             })
             .collect())
     });
-    let listener = tokio::net::TcpListener::bind(args.metrics_bind_address)
-        .await
-        .with_context(|| format!("serving metrics on {}", args.metrics_bind_address))?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    log(format!(
+        "serving metrics on http://{}/metrics",
+        listener.local_addr()?
+    ));
     tokio::spawn(kube_egress_metrics::serve(
         listener,
-        std::sync::Arc::new(registry),
-        stopped,
+        Arc::new(registry),
+        std::future::pending::<()>(),
     ));
-    Ok((metrics, stop))
+    Ok(Some(metrics))
 }
 
-/// Applies the plan and records the outcome in the metrics.
+/// One apply of the plan, recorded in the metrics.
 async fn apply(
     applier: &mut Applier,
     plan: &NodePlan,
-    metrics: &AgentMetrics,
-) -> Result<kube_egress_linux::applier::Report, kube_egress_linux::applier::ApplyError> {
-    let started = std::time::Instant::now();
+    metrics: Option<&AgentMetrics>,
+) -> Result<Report, ApplyError> {
+    let started = Instant::now();
     let result = applier.apply(plan).await;
-    metrics.observe_apply(started.elapsed(), result.is_ok());
-    if let Ok(report) = &result {
-        metrics.set_problems(report.problems.len());
-        metrics.set_egress_ips(plan.egress_ips.len());
+    if let Some(metrics) = metrics {
+        metrics.observe_apply(started.elapsed(), result.is_ok());
+        if let Ok(report) = &result {
+            metrics.set_problems(report.problems.len());
+            metrics.set_egress_ips(report.egress_ips);
+        }
     }
     result
 }
@@ -489,11 +493,12 @@ async fn agent(args: &AgentArgs) -> Result<()> {
     }
 
     let health = health_server(args).await?;
-    let (metrics, _stop_metrics) = serve_metrics(args).await?;
+    let metrics = start_metrics(&args.metrics_bind_address).await?;
+    let metrics = metrics.as_ref();
     // A second handle for reading host addresses (the applier owns the first).
     let nl = Netlink::connect()?;
     let mut routes = Subscription::new(&[Family::V4, Family::V6])?;
-    let report = apply(&mut applier, &plan, &metrics).await?;
+    let report = apply(&mut applier, &plan, metrics).await?;
     for problem in &report.problems {
         log(format!("problem: {problem}"));
     }
@@ -518,7 +523,7 @@ async fn agent(args: &AgentArgs) -> Result<()> {
                 };
                 if new_plan != plan {
                     plan = new_plan;
-                    match apply(&mut applier, &plan, &metrics).await {
+                    match apply(&mut applier, &plan, metrics).await {
                         Ok(r) => log(format!("plan changed: {} changes", r.changes)),
                         Err(e) => log(format!("applying: {e}")),
                     }
@@ -548,7 +553,7 @@ async fn agent(args: &AgentArgs) -> Result<()> {
                     None => {
                         log("route notifications ended; subscribing again");
                         routes = Subscription::new(&[Family::V4, Family::V6])?;
-                        let _ = apply(&mut applier, &plan, &metrics).await;
+                        let _ = apply(&mut applier, &plan, metrics).await;
                     }
                 }
             }
@@ -557,7 +562,7 @@ async fn agent(args: &AgentArgs) -> Result<()> {
                     Ok(diffs) if diffs.is_empty() => {}
                     Ok(diffs) => {
                         log(format!("repairing: {}", diffs.join("; ")));
-                        if let Err(e) = apply(&mut applier, &plan, &metrics).await {
+                        if let Err(e) = apply(&mut applier, &plan, metrics).await {
                             log(format!("applying: {e}"));
                         }
                     }

@@ -62,14 +62,14 @@ pub struct ControllerArgs {
     /// before the maintenance (OVN-K keeps them).
     #[arg(long, env = "KUBE_EGRESS_CORDONED_NODES_INELIGIBLE")]
     pub cordoned_nodes_ineligible: bool,
-    /// Where GET /metrics is served.
+    /// Where to serve Prometheus metrics (`GET /metrics`); an empty value disables them.
     #[arg(
         long,
         env = "KUBE_EGRESS_METRICS_BIND_ADDRESS",
-        value_name = "ADDR",
+        value_name = "ADDRESS:PORT",
         default_value = "0.0.0.0:9476"
     )]
-    pub metrics_bind_address: SocketAddr,
+    pub metrics_bind_address: String,
 }
 
 /// The controller's Prometheus metrics, fed by the Kubernetes controller's hooks.
@@ -153,15 +153,25 @@ async fn controller(args: &ControllerArgs) -> Result<()> {
     );
     let mut registry = Registry::default();
     let metrics = Metrics(ControllerMetrics::register(&mut registry));
-    let listener = tokio::net::TcpListener::bind(args.metrics_bind_address)
-        .await
-        .with_context(|| format!("serving metrics on {}", args.metrics_bind_address))?;
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
-    let metrics_server = tokio::spawn(kube_egress_metrics::serve(
-        listener,
-        Arc::new(registry),
-        metrics_stopped,
-    ));
+    let metrics_server = if args.metrics_bind_address.is_empty() {
+        None
+    } else {
+        let address: SocketAddr = args.metrics_bind_address.parse().with_context(|| {
+            format!(
+                "--metrics-bind-address {:?} is not an ADDRESS:PORT (an empty value disables metrics)",
+                args.metrics_bind_address
+            )
+        })?;
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("binding the metrics endpoint to {address}"))?;
+        Some(tokio::spawn(kube_egress_metrics::serve(
+            listener,
+            Arc::new(registry),
+            metrics_stopped,
+        )))
+    };
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let shutdown = async move {
         tokio::select! {
@@ -171,7 +181,9 @@ async fn controller(args: &ControllerArgs) -> Result<()> {
     };
     let result = kube_egress_k8s::controller::run(client, config, &metrics, shutdown).await;
     let _ = stop_metrics.send(());
-    let _ = metrics_server.await;
+    if let Some(server) = metrics_server {
+        let _ = server.await;
+    }
     result?;
     eprintln!("kube-egress controller: stopping");
     Ok(())

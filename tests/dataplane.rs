@@ -8,7 +8,8 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::net::IpAddr;
+use std::io::{Read, Write};
+use std::net::{IpAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -171,12 +172,18 @@ impl Lab {
     /// Starts `ip netns exec <ns> kube-egress agent --node <node> --manifests DIR` through the
     /// testbed and waits until it has applied its plan and watches for changes.
     fn start_agent(&self, node: &str) -> Agent {
+        self.start_agent_with(node, &[])
+    }
+
+    /// [`Lab::start_agent`] with more arguments.
+    fn start_agent_with(&self, node: &str, more: &[&str]) -> Agent {
         let log = unique(self.dir.path().join(format!("agent-{node}.log")));
         let file = fs::File::create(&log).unwrap();
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", self.ns(node), BIN, "agent", "--node", node])
             .arg("--manifests")
             .arg(self.manifests())
+            .args(more)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file);
@@ -1037,4 +1044,100 @@ fn egress_counters_count_what_the_server_sees() {
         );
     }
     assert_eq!(requests.values().sum::<u64>(), 26, "{requests:?}");
+}
+
+/// The agent's default metrics port.
+const METRICS_PORT: u16 = 9477;
+
+/// An HTTP/1.1 GET over TCP to the agent's metrics port, from inside a node's namespace.
+fn metrics_get(lab: &Lab, node: &str, path: &str) -> std::io::Result<String> {
+    kube_egress_testbed::in_netns(lab.ns(node), || {
+        let mut stream = TcpStream::connect(("127.0.0.1", METRICS_PORT))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        Ok(response)
+    })
+    .unwrap_or_else(|e| panic!("entering {node}: {e}"))
+}
+
+/// The value of the sample `name` (with its labels) in an OpenMetrics text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// A running agent serves `/metrics`: the traffic of its egress IPs as the kernel counts it, and
+/// its own state.
+#[test]
+fn agent_serves_metrics_with_the_traffic_of_its_egress_ips() {
+    let Some(lab) = Lab::new() else { return };
+    let agent = lab.start_agent("node1");
+    agent.wait_for(
+        "serving metrics on http://0.0.0.0:9477/metrics",
+        Duration::from_secs(5),
+    );
+    let pod1 = lab.pod("pod1");
+    let url = lab.tb.server().url();
+    for _ in 0..5 {
+        assert_eq!(seen_by(pod1, &url), ip(PROD_EGRESS_IPS[0]));
+    }
+
+    let response = metrics_get(&lab, "node1", "/metrics").unwrap();
+    let (head, text) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        "{head}"
+    );
+    let egress = |what: &str, ip: &str| {
+        sample(
+            text,
+            &format!("kube_egress_agent_egress_ip_{what}_total{{egress_ip=\"{ip}\"}}"),
+        )
+        .unwrap_or_else(|| panic!("no {what} of {ip} in\n{text}"))
+    };
+    let packets = egress("packets", PROD_EGRESS_IPS[0]);
+    assert!(packets >= 15.0, "{packets} packets for 5 requests:\n{text}");
+    assert!(
+        egress("bytes", PROD_EGRESS_IPS[0]) >= 40.0 * packets,
+        "{text}"
+    );
+    // Hosted but unused: counted, at zero.
+    assert_eq!(egress("packets", REPORTS_EGRESS_IP), 0.0, "{text}");
+    for (name, value) in [
+        ("kube_egress_agent_egress_ips", Some(2.0)),
+        ("kube_egress_agent_plan_problems", Some(0.0)),
+        ("kube_egress_agent_apply_errors_total", Some(0.0)),
+        ("kube_egress_agent_counter_read_errors_total", Some(0.0)),
+        ("kube_egress_agent_applies_total", None),
+        ("kube_egress_agent_apply_duration_seconds", None),
+    ] {
+        let got = sample(text, name).unwrap_or_else(|| panic!("no {name} in\n{text}"));
+        if let Some(value) = value {
+            assert_eq!(got, value, "{name}");
+        }
+    }
+    assert!(sample(text, "kube_egress_agent_applies_total").unwrap() >= 1.0);
+    assert!(text.ends_with("# EOF\n"), "{text}");
+
+    let missing = metrics_get(&lab, "node1", "/").unwrap();
+    assert!(missing.starts_with("HTTP/1.1 404 "), "{missing}");
+    lab.stop_agent(&agent);
+
+    // An empty address turns the endpoint off.
+    let quiet = lab.start_agent_with("node3", &["--metrics-bind-address", ""]);
+    let refused = metrics_get(&lab, "node3", "/metrics").unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "{refused}"
+    );
+    assert!(!quiet.log().contains("serving metrics"), "{}", quiet.log());
+    lab.stop_agent(&quiet);
 }

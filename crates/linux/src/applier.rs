@@ -37,6 +37,8 @@ pub struct Report {
     pub changes: usize,
     /// Parts of the plan this node cannot carry out, and unmet prerequisites (clear sentences).
     pub problems: Vec<String>,
+    /// Egress IPs the plan places on this node (those it has a link for).
+    pub egress_ips: usize,
 }
 
 /// Applies node plans in the network namespace it was created in.
@@ -132,6 +134,7 @@ impl Applier {
         let mut report = Report {
             changes: 0,
             problems,
+            egress_ips: d.addresses.len(),
         };
 
         // 1. The tunnel, its peers and the steering tables.

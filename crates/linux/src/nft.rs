@@ -20,8 +20,10 @@
 //!     oifname <tunnel> meta mark set 0          # only when steering: the outer packet must not
 //!   }                                           # be steered again
 //!   chain postrouting {                         # nat, postrouting, priority srcnat - 10
-//!     ip daddr != @excluded_v4 snat ip to ip saddr . oifname map @snat_v4  # when snat_v4 has elements
-//!     oifname <tunnel> ip daddr != @excluded_v4 snat ip to ip saddr       # when steering
+//!     # only when snat_v4 has elements:
+//!     ip daddr != @excluded_v4 snat ip to ip saddr . oifname map @snat_v4
+//!     # only when steering:
+//!     oifname <tunnel> ip daddr != @excluded_v4 snat ip to ip saddr
 //!   }
 //!   chain egress_count {                        # filter, postrouting, priority srcnat + 10
 //!     counter name ip saddr map @counters_v4    # only when counters_v4 has elements
@@ -32,17 +34,19 @@
 //! when its map has elements, because the filter chains run for every packet the node forwards,
 //! replies included. A packet from a source without a mark costs one hash lookup in prerouting;
 //! the interval lookup of the exclusions runs only for sources that have one. On an egress node
-//! that steers nothing there is no prerouting or tunnel chain at all; what remains per packet is
-//! the counter lookup of `egress_count`, which runs after NAT (srcnat, 100), so it sees the
-//! egress IP as the source.
+//! with its egress IPs on the primary link and nothing to steer there is no prerouting or tunnel
+//! chain at all; what remains per packet is the counter lookup of `egress_count`, which runs after
+//! NAT (srcnat, 100), so it sees the egress IP as the source.
 //!
 //! The NAT chain runs before a CNI's masquerade (priority srcnat): the first NAT binding of a
 //! connection wins, so steered packets keep the pod address on their way to the egress node (the
 //! identity SNAT) and served packets leave with the egress IP.
 //!
-//! Changes are one `nft -j -f -` batch, which the kernel applies as one transaction: the whole table
-//! when its layout differs (first start, upgrade), otherwise the element changes plus, when a map
-//! becomes empty or stops being empty, the rewrite of the chains whose rules change.
+//! Changes are one `nft -j -f -` batch, which the kernel applies as one transaction: the whole
+//! table when its layout differs (first start, upgrade), otherwise the element changes plus, when
+//! a map becomes empty or stops being empty, the rewrite of the chains whose rules change. A table
+//! whose chains or counters do not match its content (changed behind our back) reads as absent,
+//! so the next apply rewrites it whole.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
