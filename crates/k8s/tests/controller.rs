@@ -415,3 +415,70 @@ async fn cordoned_nodes_lose_their_ips_when_configured() {
     let _ = stop.send(());
     task.await.unwrap();
 }
+
+/// Counts the metric hooks.
+#[derive(Default)]
+struct Counting {
+    assigned: std::sync::atomic::AtomicUsize,
+    unassigned: std::sync::atomic::AtomicUsize,
+    rebalanced: std::sync::atomic::AtomicUsize,
+    egress_ips: std::sync::atomic::AtomicUsize,
+}
+
+impl kube_egress_k8s::controller::Observer for Counting {
+    fn egress_ips(&self, assigned: usize) {
+        self.egress_ips
+            .store(assigned, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn rebalance(&self) {
+        self.rebalanced
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn assigned(&self, _latency: Duration) {
+        self.assigned
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn unassigned(&self, _latency: Duration) {
+        self.unassigned
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metric_hooks_follow_the_status_writes() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let api = ApiServer::new();
+    cluster(&api);
+    api.put(egress_ip("e1", &["10.0.0.100", "10.0.0.101"]));
+    let counting = std::sync::Arc::new(Counting::default());
+    let observer = counting.clone();
+    let client = api.client("a");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        run(client, config("a"), &*observer, async {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("controller");
+    });
+    eventually("both assigned", || {
+        counting.assigned.load(SeqCst) == 2 && counting.egress_ips.load(SeqCst) == 2
+    })
+    .await;
+    // n1 loses its label: its IP cannot move (n2 already holds e1's other IP), so it is removed.
+    api.put(node("n1", "10.0.0.1/24", false));
+    eventually("one unassigned", || {
+        counting.unassigned.load(SeqCst) == 1 && counting.egress_ips.load(SeqCst) == 1
+    })
+    .await;
+    // n1 is labelled again and gets the IP back; then n2 goes and its IP moves to the new n4.
+    api.put(node("n1", "10.0.0.1/24", true));
+    eventually("assigned again", || counting.assigned.load(SeqCst) == 3).await;
+    api.put(node("n4", "10.0.0.4/24", true));
+    api.delete("v1", "Node", "", "n2");
+    eventually("moved", || counting.rebalanced.load(SeqCst) == 1).await;
+    assert_eq!(counting.egress_ips.load(SeqCst), 2);
+    assert_eq!(counting.unassigned.load(SeqCst), 1);
+    let _ = stop.send(());
+    task.await.unwrap();
+}
