@@ -32,7 +32,8 @@ enum Command {
     Plan(plan_cmd::PlanArgs),
     /// Program this node's egress data plane (Linux) and keep it in line with the plan.
     Agent(agent_cmd::AgentArgs),
-    /// Program the cluster-wide data plane (OVN Northbound) from the cluster's state.
+    /// Assign egress IPs cluster-wide on Kubernetes (statuses, marks, Events; one Lease
+    /// holder writes), or program OVN Northbound from manifests (`--dataplane ovn`).
     Controller(controller_cmd::ControllerArgs),
     /// Build a 3-node cluster in network namespaces, show egress IPs working and failing over,
     /// and remove it (needs root; never touches the host's own network namespace).

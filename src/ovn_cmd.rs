@@ -50,6 +50,7 @@ fn cluster(run: &OvnRun) -> Result<ClusterState> {
     let config = Config {
         cluster_cidrs: run.cluster_cidrs.clone(),
         service_cidrs: run.service_cidrs.clone(),
+        ..Config::default()
     };
     let mut engine = Engine::load(config, snapshot);
     for event in engine.take_changes().events {

@@ -71,6 +71,7 @@ pub fn run(args: &PlanArgs) -> Result<()> {
     let config = Config {
         cluster_cidrs: args.cluster_cidrs.clone(),
         service_cidrs: args.service_cidrs.clone(),
+        ..Config::default()
     };
     let plan = Plan::compute(&manifests, &args.unreachable, config)?;
     let text = match args.output {

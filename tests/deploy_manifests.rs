@@ -462,24 +462,25 @@ fn needed(component: &str, ns: &str, lease: &str) -> BTreeSet<Permission> {
     let read = ["get", "list", "watch"];
     add("*", "", &["namespaces", "pods"], &read, "*");
     add("*", "networking.k8s.io", &["servicecidrs"], &read, "*");
-    add("*", "events.k8s.io", &["events"], &["create", "patch"], "*");
-    add("*", "", &["events"], &["create", "patch"], "*");
     match component {
         "controller" => {
             add("*", "", &["nodes"], &read, "*");
+            // Status and mark: one merge patch of the object.
             add(
                 "*",
                 "k8s.ovn.org",
                 &["egressips"],
-                &["get", "list", "watch", "patch", "update"],
+                &["get", "list", "watch", "patch"],
                 "*",
             );
+            // kube-runtime's event recorder: create, and patch for a repeated Event.
+            add("*", "events.k8s.io", &["events"], &["create", "patch"], "*");
             add(ns, "coordination.k8s.io", &["leases"], &["create"], "*");
             add(
                 ns,
                 "coordination.k8s.io",
                 &["leases"],
-                &["get", "update", "patch"],
+                &["get", "update"],
                 lease,
             );
         }

@@ -81,7 +81,11 @@ fn the_lab_passes_reports_json_and_leaves_nothing_behind() {
         metrics.contains("ovnkube_clustermanager_egress_ips_node_unreachable_total 3"),
         "{metrics}"
     );
-    assert!(checks.iter().any(|c| c["name"].as_str().unwrap().starts_with("metrics:")));
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["name"].as_str().unwrap().starts_with("metrics:"))
+    );
 
     assert_eq!(namespaces_with(&run_prefix(pid)), Vec::<String>::new());
 }

@@ -493,6 +493,7 @@ impl Cluster {
                     host_cidrs,
                     addresses: vec![v4(node_ip[n])],
                     pod_cidrs: vec![net4(cluster.pod_cidr_base[n], cluster.pod_cidr_len)],
+                    unschedulable: false,
                     problems: Vec::new(),
                 }
             })
@@ -556,6 +557,7 @@ fn config() -> Config {
     Config {
         cluster_cidrs: vec!["10.128.0.0/9".parse().expect("cidr")],
         service_cidrs: vec!["10.96.0.0/12".parse().expect("cidr")],
+        ..Config::default()
     }
 }
 

@@ -28,6 +28,9 @@ pub struct Config {
     pub cluster_cidrs: Vec<IpNet>,
     /// `--service-cidr`: service networks in addition to ServiceCIDR objects.
     pub service_cidrs: Vec<IpNet>,
+    /// `--cordoned-nodes-ineligible`: a cordoned node (`spec.unschedulable`) hosts no egress IP,
+    /// so draining a node for maintenance moves its IPs before the node goes away.
+    pub cordoned_nodes_ineligible: bool,
 }
 
 /// Everything the engine reads, for a from-scratch computation.
@@ -511,11 +514,27 @@ impl Engine {
         for c in &config.service_cidrs {
             add_count(&mut self.service_cidrs, &c.trunc());
         }
-        if config != self.config {
+        let exclusions_changed = config.cluster_cidrs != self.config.cluster_cidrs
+            || config.service_cidrs != self.config.service_cidrs;
+        if exclusions_changed {
             self.changes.exclusions = true;
             self.exclusions_stale = true;
         }
+        let eligibility_changed =
+            config.cordoned_nodes_ineligible != self.config.cordoned_nodes_ineligible;
         self.config = config;
+        if eligibility_changed {
+            let mut cordoned: Vec<(String, NodeInfo)> = self
+                .nodes
+                .iter()
+                .filter_map(|(name, n)| n.info.clone().map(|i| (name.clone(), i)))
+                .filter(|(_, i)| i.unschedulable)
+                .collect();
+            cordoned.sort_by(|a, b| a.0.cmp(&b.0));
+            for (name, info) in cordoned {
+                self.refresh_node(&name, Some(info));
+            }
+        }
         self.drain();
     }
 
@@ -551,7 +570,8 @@ impl Engine {
         }
     }
 
-    /// Whether the node can host egress IPs: labelled, Ready and reachable.
+    /// Whether the node can host egress IPs: labelled, Ready, reachable (and not cordoned, when
+    /// [`Config::cordoned_nodes_ineligible`] is set).
     pub fn node_eligible(&self, name: &str) -> bool {
         self.nodes.get(name).is_some_and(|n| n.eligible)
     }
@@ -699,7 +719,10 @@ impl Engine {
     }
 
     fn is_eligible(&self, info: &NodeInfo) -> bool {
-        info.egress_assignable() && info.ready && !self.unreachable.contains(&info.name)
+        info.egress_assignable()
+            && info.ready
+            && !self.unreachable.contains(&info.name)
+            && !(self.config.cordoned_nodes_ineligible && info.unschedulable)
     }
 
     fn replace_problems_of_node(&mut self, name: &str, problems: BTreeMap<String, Event>) {

@@ -55,6 +55,8 @@ pub struct NodeInfo {
     pub addresses: Vec<IpAddr>,
     /// `spec.podCIDRs` (or `spec.podCIDR`).
     pub pod_cidrs: Vec<IpNet>,
+    /// `spec.unschedulable` (the node is cordoned).
+    pub unschedulable: bool,
     /// Problems found in the object.
     pub problems: Vec<FieldProblem>,
 }
@@ -207,6 +209,11 @@ impl NodeInfo {
             host_cidrs,
             addresses,
             pod_cidrs,
+            unschedulable: node
+                .spec
+                .as_ref()
+                .and_then(|s| s.unschedulable)
+                .unwrap_or(false),
             problems,
         }
     }

@@ -246,6 +246,48 @@ fn valid_assignments_never_move_and_lost_nodes_move_only_their_ips() {
 }
 
 #[test]
+fn cordoned_nodes_keep_their_ips_unless_configured_otherwise() {
+    let sel = || match_labels(&[("x", "y")]);
+    let setup = |config: Config| {
+        let mut engine = Engine::new(config);
+        for (n, a) in [("a", "10.0.0.1/24"), ("b", "10.0.0.2/24")] {
+            engine.upsert_node(node(n, true, a, &[]));
+        }
+        engine.upsert_egress_ip(eip("e1", 1, &["10.0.0.101"], sel()));
+        assert_eq!(status(&engine, "e1"), pairs(&[("a", "10.0.0.101")]));
+        engine.take_changes();
+        engine
+    };
+    let mut cordoned = node("a", true, "10.0.0.1/24", &[]);
+    cordoned.unschedulable = true;
+
+    // Default (as OVN-K): cordoning changes nothing.
+    let mut engine = setup(Config::default());
+    engine.upsert_node(cordoned.clone());
+    assert!(engine.take_changes().egress_ips.is_empty());
+    assert!(engine.node_eligible("a"));
+
+    // With the option, the IP leaves the cordoned node and does not come back when uncordoned.
+    let config = Config {
+        cordoned_nodes_ineligible: true,
+        ..Config::default()
+    };
+    let mut engine = setup(config.clone());
+    engine.upsert_node(cordoned.clone());
+    assert!(!engine.node_eligible("a"));
+    assert_eq!(status(&engine, "e1"), pairs(&[("b", "10.0.0.101")]));
+    engine.upsert_node(node("a", true, "10.0.0.1/24", &[]));
+    assert!(engine.node_eligible("a"));
+    assert_eq!(status(&engine, "e1"), pairs(&[("b", "10.0.0.101")]));
+
+    // Turning the option on later re-evaluates nodes already cordoned.
+    let mut engine = setup(Config::default());
+    engine.upsert_node(cordoned);
+    engine.set_config(config);
+    assert_eq!(status(&engine, "e1"), pairs(&[("b", "10.0.0.101")]));
+}
+
+#[test]
 fn invalid_ip_is_reported_and_does_not_block_the_others() {
     let mut engine = Engine::new(Config::default());
     engine.upsert_node(node("a", true, "10.0.0.1/24", &[]));
@@ -521,6 +563,7 @@ fn node_plans_hold_snat_steering_and_exclusions() {
     let config = Config {
         cluster_cidrs: vec!["10.128.0.0/14".parse().unwrap()],
         service_cidrs: vec!["fd02::/112".parse().unwrap()],
+        ..Config::default()
     };
     let engine = Engine::load(config, snapshot);
     let mark = engine.mark("egressips-prod").unwrap();

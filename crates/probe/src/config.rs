@@ -84,6 +84,7 @@ pub struct ReachabilityConfig {
     /// such as `500ms`). 0 disables probing: every node is reachable.
     #[arg(
         long = "egressip-reachability-total-timeout",
+        env = "KUBE_EGRESS_EGRESSIP_REACHABILITY_TOTAL_TIMEOUT",
         value_name = "SECONDS",
         default_value = "1",
         value_parser = parse_total_timeout
@@ -94,6 +95,7 @@ pub struct ReachabilityConfig {
     /// port 9, where a refused connection means the node is alive.
     #[arg(
         long = "egressip-node-healthcheck-port",
+        env = "KUBE_EGRESS_EGRESSIP_NODE_HEALTHCHECK_PORT",
         value_name = "PORT",
         default_value_t = 0
     )]
@@ -102,6 +104,7 @@ pub struct ReachabilityConfig {
     /// Time between the starts of two probes of one node (ours; OVN-K uses a fixed 5 s).
     #[arg(
         long = "egressip-reachability-interval",
+        env = "KUBE_EGRESS_EGRESSIP_REACHABILITY_INTERVAL",
         value_name = "DURATION",
         default_value = "200ms",
         value_parser = parse_interval
@@ -112,6 +115,7 @@ pub struct ReachabilityConfig {
     /// does (deadline = total timeout) at the cost of slower failure detection.
     #[arg(
         long = "egressip-reachability-probe-timeout",
+        env = "KUBE_EGRESS_EGRESSIP_REACHABILITY_PROBE_TIMEOUT",
         value_name = "DURATION|total",
         default_value = "400ms",
         value_parser = parse_probe_timeout

@@ -31,6 +31,7 @@ pub fn node(name: &str, assignable: bool, primary: &str, secondary: &[&str]) -> 
         host_cidrs,
         addresses: vec![primary.addr()],
         pod_cidrs: vec![],
+        unschedulable: false,
         problems: vec![],
     }
 }
