@@ -67,8 +67,10 @@ fn is_stale(pid: u32, number: u32, next: u32) -> bool {
 /// the central daemons recorded in its pid files, when their command line names the directory).
 /// Returns the names removed.
 pub fn sweep_stale() -> Result<Vec<String>> {
+    let names = testbed::list_namespaces()?;
+    // Read after listing: every cluster of ours that was listed had its number reserved before.
     let next = CLUSTER_COUNTER.load(Ordering::SeqCst);
-    let stale_ns: Vec<String> = testbed::list_namespaces()?
+    let stale_ns: Vec<String> = names
         .into_iter()
         .filter(|n| {
             owner_of(n, NETNS_PREFIX, true).is_some_and(|(pid, num)| is_stale(pid, num, next))
@@ -78,7 +80,9 @@ pub fn sweep_stale() -> Result<Vec<String>> {
     let mut removed = stale_ns;
     let tmp = std::env::temp_dir();
     if let Ok(entries) = fs::read_dir(&tmp) {
-        for entry in entries.filter_map(|e| e.ok()) {
+        let entries: Vec<_> = entries.filter_map(|e| e.ok()).collect();
+        let next = CLUSTER_COUNTER.load(Ordering::SeqCst);
+        for entry in entries {
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
             };
