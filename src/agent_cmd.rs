@@ -86,7 +86,7 @@ fn compute(args: &AgentArgs) -> Result<(NodePlan, Option<IpAddr>)> {
 }
 
 /// What identifies a version of the manifests: every file's path, length and mtime.
-fn fingerprint(path: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+pub(crate) fn fingerprint(path: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     let mut out = Vec::new();
     let entries: Vec<PathBuf> = match std::fs::read_dir(path) {
         Ok(dir) => dir.flatten().map(|e| e.path()).collect(),

@@ -4,7 +4,9 @@
 //! `Args` struct and a `run` function; this file only dispatches.
 
 mod agent_cmd;
+mod controller_cmd;
 mod manifests;
+mod ovn_cmd;
 mod plan_cmd;
 
 use std::process::ExitCode;
@@ -29,6 +31,8 @@ enum Command {
     Plan(plan_cmd::PlanArgs),
     /// Program this node's egress data plane (Linux) and keep it in line with the plan.
     Agent(agent_cmd::AgentArgs),
+    /// Program the cluster-wide data plane (OVN Northbound) from the cluster's state.
+    Controller(controller_cmd::ControllerArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +40,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Plan(args) => plan_cmd::run(args),
         Command::Agent(args) => agent_cmd::run(args),
+        Command::Controller(args) => controller_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
