@@ -5,6 +5,7 @@
 
 mod agent_cmd;
 mod controller_cmd;
+mod lab_cmd;
 mod manifests;
 mod ovn_cmd;
 mod plan_cmd;
@@ -33,17 +34,21 @@ enum Command {
     Agent(agent_cmd::AgentArgs),
     /// Program the cluster-wide data plane (OVN Northbound) from the cluster's state.
     Controller(controller_cmd::ControllerArgs),
+    /// Build a 3-node cluster in network namespaces, show egress IPs working and failing over,
+    /// and remove it (needs root; never touches the host's own network namespace).
+    Lab(lab_cmd::LabArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Plan(args) => plan_cmd::run(args),
-        Command::Agent(args) => agent_cmd::run(args),
-        Command::Controller(args) => controller_cmd::run(args),
+        Command::Plan(args) => plan_cmd::run(args).map(|()| 0),
+        Command::Agent(args) => agent_cmd::run(args).map(|()| 0),
+        Command::Controller(args) => controller_cmd::run(args).map(|()| 0),
+        Command::Lab(args) => lab_cmd::run(args),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -1,10 +1,11 @@
 //! One in-process node agent: a thread inside the node's network namespace running the Linux
 //! [`Applier`], fed node plans through a channel. It applies the newest plan it has (plans that
 //! arrive while it is busy are coalesced), reports every outcome to the timeline, retries a failed
-//! apply, follows the main-table routes of secondary links (as `kube-egress agent` does), and on
-//! stop leaves the data plane in place.
+//! apply, follows the main-table routes of secondary links (as `kube-egress agent` does), serves
+//! the `grpc.health.v1` check when the controller probes with gRPC, and on stop leaves the data
+//! plane in place.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ use kube_egress_linux::desired::TUNNEL_DEVICE;
 use kube_egress_linux::netlink::{Netlink, Subscription};
 use kube_egress_linux::netns;
 use kube_egress_linux::nft::Nft;
+use kube_egress_probe::{HealthServer, HealthServerConfig};
 use tokio::sync::mpsc;
 
 use crate::log::{LabEventKind, Shared};
@@ -34,32 +36,58 @@ pub(crate) struct Agent {
 }
 
 impl Agent {
+    /// Starts the agent of `node` in `namespace`; with `health_port`, it also answers the
+    /// controller's gRPC health probes on that port (all addresses of the node).
     pub fn start(
         node: String,
         namespace: String,
         tunnel_local: Option<IpAddr>,
+        health_port: Option<u16>,
         shared: Arc<Shared>,
     ) -> std::io::Result<Agent> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let thread = std::thread::Builder::new()
             .name(format!("agent {node}"))
             .spawn(move || {
                 let worker_shared = shared.clone();
                 let worker_node = node.clone();
+                let failed_ready = ready_tx.clone();
                 let result = netns::run_in(&namespace, move || {
-                    run(worker_node, tunnel_local, rx, worker_shared)
+                    run(
+                        worker_node,
+                        tunnel_local,
+                        health_port,
+                        rx,
+                        ready_tx,
+                        worker_shared,
+                    )
                 });
                 if let Err(e) = result {
+                    let _ = failed_ready.send(Err(e.to_string()));
                     shared.record(LabEventKind::Failed {
                         component: format!("agent {node}"),
                         error: e.to_string(),
                     });
                 }
             })?;
-        Ok(Agent {
+        let mut agent = Agent {
             tx,
             thread: Some(thread),
-        })
+        };
+        // Ready means listening for health probes: a probe before that would be refused, which
+        // the gRPC probe counts as dead.
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(agent),
+            Ok(Err(e)) => {
+                agent.stop();
+                Err(std::io::Error::other(e))
+            }
+            Err(_) => {
+                agent.stop();
+                Err(std::io::Error::other("the agent thread ended early"))
+            }
+        }
     }
 
     /// Asks the agent to stop and waits for its thread.
@@ -94,7 +122,9 @@ async fn sleep_until(at: Option<Instant>) {
 async fn run(
     node: String,
     tunnel_local: Option<IpAddr>,
+    health_port: Option<u16>,
     mut rx: mpsc::UnboundedReceiver<Message>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
     shared: Arc<Shared>,
 ) {
     let fail = |error: String| {
@@ -103,6 +133,24 @@ async fn run(
             error,
         })
     };
+    // Kept until the agent stops: the server answers as long as this agent runs.
+    let _health = match health_port {
+        Some(port) => match HealthServer::start(HealthServerConfig {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+            tls: None,
+        })
+        .await
+        {
+            Ok(server) => Some(server),
+            Err(e) => {
+                let error = format!("starting the health server on port {port}: {e}");
+                let _ = ready.send(Err(error.clone()));
+                return fail(error);
+            }
+        },
+        None => None,
+    };
+    let _ = ready.send(Ok(()));
     let nl = match Netlink::connect() {
         Ok(nl) => nl,
         Err(e) => return fail(format!("connecting to netlink: {e}")),

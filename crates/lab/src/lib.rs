@@ -5,7 +5,9 @@
 //! - **one agent per node**: a thread inside the node's network namespace running the Linux
 //!   [`Applier`](kube_egress_linux::applier::Applier), fed node plans through a channel; it
 //!   applies each new plan (placing and announcing egress IPs, steering, SNAT) and reports the
-//!   outcome (changes, problems, errors) to the [timeline](LabCluster::events);
+//!   outcome (changes, problems, errors) to the [timeline](LabCluster::events); when the
+//!   controller probes with gRPC it also serves `grpc.health.v1` (`Service_Egress_IP`) there, and
+//!   is started only once it listens;
 //! - **the controller**: the [`Engine`] loaded from a snapshot (e.g. [`seed::SeedObjects`]) and a
 //!   [`Prober`] with the production defaults (legacy TCP port 9 probe, 200 ms interval, 400 ms
 //!   probe deadline) probing every egress-assignable node's primary IP. On every reachability
@@ -41,6 +43,7 @@
 mod agent;
 mod controller;
 mod log;
+pub mod scenario;
 pub mod seed;
 pub mod traffic;
 
@@ -52,7 +55,7 @@ use std::time::Duration;
 
 use kube_egress_api::{EgressIP, EgressIPStatusItem};
 use kube_egress_engine::{Config, EgressIpInfo, Engine, Family, NodePlan, Snapshot};
-use kube_egress_probe::{NodeTarget, ProbeSettings, Prober, ReachabilityConfig};
+use kube_egress_probe::{NodeTarget, ProbeMode, ProbeSettings, Prober, ReachabilityConfig};
 use kube_egress_testbed::Testbed;
 use tokio::sync::oneshot;
 
@@ -133,10 +136,15 @@ impl LabCluster {
             let tunnel = node
                 .tunnel_address()
                 .filter(|a| Family::of(a) == Family::V4);
+            let health_port = match options.probe.mode {
+                ProbeMode::Grpc { port } => Some(port),
+                ProbeMode::Legacy { .. } | ProbeMode::Disabled => None,
+            };
             let agent = Agent::start(
                 node.name.clone(),
                 tb_node.netns().name().to_string(),
                 tunnel,
+                health_port,
                 shared.clone(),
             )
             .map_err(|source| LabError::Start {

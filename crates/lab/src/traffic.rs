@@ -3,9 +3,8 @@
 //! computed from its samples, and the neighbour entries of a namespace.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -25,10 +24,12 @@ impl Sample {
     }
 }
 
-/// Requests from a network namespace, one every `period`, until [`Poller::finish`].
+/// Requests from a network namespace, one every `period`, until [`Poller::finish`]. The
+/// finished requests can be looked at while it runs ([`Poller::samples`]).
 pub struct Poller {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Vec<Sample>>>,
+    done: Arc<Mutex<Vec<Sample>>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl Poller {
@@ -36,13 +37,14 @@ impl Poller {
     /// request gives up after `timeout`.
     pub fn start(netns: &str, target: &str, period: Duration, timeout: Duration) -> Poller {
         let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(Mutex::new(Vec::new()));
         let (netns, target, flag) = (netns.to_string(), target.to_string(), stop.clone());
+        let sink = done.clone();
         let thread = std::thread::spawn(move || {
-            let (tx, rx) = mpsc::channel();
             let mut requests = Vec::new();
             let mut next = Instant::now();
             while !flag.load(Ordering::Relaxed) {
-                let (tx, netns, target) = (tx.clone(), netns.clone(), target.clone());
+                let (sink, netns, target) = (sink.clone(), netns.clone(), target.clone());
                 requests.push(std::thread::spawn(move || {
                     let started = Instant::now();
                     let source = kube_egress_testbed::http_get(&netns, &target, timeout)
@@ -51,47 +53,58 @@ impl Poller {
                             r.seen_source()
                                 .ok_or_else(|| format!("no source in the reply {:?}", r.body))
                         });
-                    let _ = tx.send(Sample {
+                    lock(&sink).push(Sample {
                         started,
                         finished: Instant::now(),
                         source,
                     });
                 }));
+                // Reap the finished request threads as we go (a long run starts thousands).
+                requests.retain(|r: &JoinHandle<()>| !r.is_finished());
                 next += period;
                 std::thread::sleep(next.saturating_duration_since(Instant::now()));
             }
-            drop(tx);
             for r in requests {
                 let _ = r.join();
             }
-            let mut samples: Vec<Sample> = rx.into_iter().collect();
-            samples.sort_by_key(|s| s.started);
-            samples
         });
         Poller {
             stop,
+            done,
             thread: Some(thread),
         }
+    }
+
+    /// The requests finished so far, in the order they started.
+    pub fn samples(&self) -> Vec<Sample> {
+        let mut samples = lock(&self.done).clone();
+        samples.sort_by_key(|s| s.started);
+        samples
     }
 
     /// Stops starting requests, waits for those under way and returns every sample, in the order
     /// they started.
     pub fn finish(mut self) -> Vec<Sample> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread
-            .take()
-            .map(|t| t.join().unwrap_or_default())
-            .unwrap_or_default()
+        self.stop_and_join();
+        self.samples()
     }
-}
 
-impl Drop for Poller {
-    fn drop(&mut self) {
+    fn stop_and_join(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+fn lock(samples: &Mutex<Vec<Sample>>) -> std::sync::MutexGuard<'_, Vec<Sample>> {
+    samples.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Time from `since` to the end of the first request started at or after `since` that succeeded
