@@ -326,6 +326,9 @@ fn egress_nbctl(cluster: &OvnCluster, pods: usize) -> Vec<NbCommand> {
     c
 }
 
+/// One way of writing the rows and waiting for the flows.
+type Measure = fn(usize) -> BenchResult<Sample>;
+
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     build: Duration,
@@ -508,8 +511,7 @@ fn main() {
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for &pods in &sizes {
         let rows = 2 + 4 + pods * 3;
-        let mut paths: Vec<(&str, fn(usize) -> BenchResult<Sample>)> =
-            vec![("one JSON-RPC transact", measure_rpc)];
+        let mut paths: Vec<(&str, Measure)> = vec![("one JSON-RPC transact", measure_rpc)];
         if pods <= 2000 {
             paths.push(("one ovn-nbctl --wait=hv", measure_nbctl));
         }
