@@ -184,6 +184,9 @@ pub struct OvnCluster {
     chassis: Vec<Chassis>,
     pod_netns: Vec<String>,
     requests: AtomicU64,
+    /// Held by [`OvnCluster::request`]: the uplink counters tell one request's uplink only
+    /// when no other request runs meanwhile.
+    request_lock: Mutex<()>,
     guard: Guard,
 }
 
@@ -271,6 +274,7 @@ impl OvnCluster {
             chassis,
             pod_netns,
             requests: AtomicU64::new(0),
+            request_lock: Mutex::new(()),
             guard,
         };
         cluster.wait_ports_up()?;
@@ -489,10 +493,15 @@ impl OvnCluster {
 
     /// `GET`s the web server from a pod and reports the source address the server logged and
     /// the node whose uplink carried the request. Fails when the request does not complete.
+    /// Requests of one cluster run one at a time.
     pub fn request(&self, pod: &str) -> Result<Egress> {
         let ns = self
             .pod_netns(pod)
             .ok_or_else(|| Error::State(format!("no pod called {pod} in this cluster")))?;
+        let _one_at_a_time = self
+            .request_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let seq = self.requests.fetch_add(1, Ordering::SeqCst);
         let path = format!("/{pod}/{seq}");
         let before = self.uplink_counters()?;
@@ -605,7 +614,14 @@ fn parse_packets(out: &str) -> Option<u64> {
     None
 }
 
+/// `ip netns add` mounts the shared `/run/netns` on first use; two concurrent first uses could
+/// stack two mounts, so clusters of one process create their namespaces one at a time.
+static NETNS_LOCK: Mutex<()> = Mutex::new(());
+
 fn create_namespaces(guard: &Guard, names: &[String]) -> Result<()> {
+    let _one_at_a_time = NETNS_LOCK
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     for name in names {
         run("ip", &["netns".into(), "add".into(), name.clone()])?;
         guard.namespaces().push(name.clone());
