@@ -16,8 +16,10 @@
 //! ovn-controller has installed the flows) reaching the new `nb_cfg`, with OVSDB `wait`
 //! operations, and checks that each chassis gained at least N OpenFlow rules.
 //!
-//! For N = 1,000 the same rows are also written with one `ovn-nbctl --wait=hv` invocation (one
-//! transaction). For 10,000 pods that argument list exceeds the kernel's 6 MB ceiling.
+//! The same transaction is also timed against a bare Northbound ovsdb-server (no northd, no
+//! ovn-controller, no monitor): the NB commit alone. For N = 1,000 the same rows are also written
+//! with one `ovn-nbctl --wait=hv` invocation (one transaction); for 10,000 pods that argument
+//! list exceeds the kernel's 6 MB ceiling for arguments.
 //!
 //! ```sh
 //! cargo bench -p kube-egress-ovn-testbed --bench flows_installed
@@ -31,7 +33,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use kube_egress_ovn_testbed::nb::NbCommand;
-use kube_egress_ovn_testbed::{ClusterSpec, OvnCluster, unavailable_reason};
+use kube_egress_ovn_testbed::{ClusterSpec, Layout, OvnCluster, unavailable_reason};
 use serde_json::{Value, json};
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
@@ -133,9 +135,8 @@ fn set(items: &[String]) -> Value {
 }
 
 /// The operations of the one transaction, and the `nb_cfg` value it sets (read just before).
-fn egress_ops(cluster: &OvnCluster, pods: usize, nb_cfg: u64) -> Vec<Value> {
-    let node_ips: Vec<String> = cluster
-        .layout()
+fn egress_ops(layout: &Layout, pods: usize, nb_cfg: u64) -> Vec<Value> {
+    let node_ips: Vec<String> = layout
         .nodes
         .iter()
         .map(|n| n.node_ip.addr().to_string())
@@ -143,7 +144,7 @@ fn egress_ops(cluster: &OvnCluster, pods: usize, nb_cfg: u64) -> Vec<Value> {
     let pod_ips: Vec<String> = (0..pods).map(|i| pod_ip(i).to_string()).collect();
     let nexthops: Vec<String> = EGRESS_NODES
         .iter()
-        .map(|n| cluster.node(n).unwrap().join_ip.addr().to_string())
+        .map(|n| layout.node(n).unwrap().join_ip.addr().to_string())
         .collect();
     let mut ops = vec![
         json!({"op": "insert", "table": "Address_Set", "row": {
@@ -332,11 +333,11 @@ type Measure = fn(usize) -> BenchResult<Sample>;
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     build: Duration,
-    nb: Duration,
-    sb: Duration,
-    hv: Duration,
-    flows: [usize; 2],
-    flows_before: [usize; 2],
+    nb: Option<Duration>,
+    sb: Option<Duration>,
+    hv: Option<Duration>,
+    /// OpenFlow rules per chassis after and before.
+    flows: Option<([usize; 2], [usize; 2])>,
 }
 
 fn flows(cluster: &OvnCluster) -> BenchResult<[usize; 2]> {
@@ -371,7 +372,7 @@ fn measure_rpc(pods: usize) -> BenchResult<Sample> {
     let (nb_cfg, _) = cluster.nb_cfg()?;
     let mut db = Ovsdb::connect(&cluster.nb_socket())?;
     let built = Instant::now();
-    let ops = egress_ops(&cluster, pods, nb_cfg);
+    let ops = egress_ops(cluster.layout(), pods, nb_cfg);
     let build = built.elapsed();
     let target = nb_cfg + 1;
     let wait = |column: &str| {
@@ -389,11 +390,10 @@ fn measure_rpc(pods: usize) -> BenchResult<Sample> {
     check_flows(pods, flows_before, after)?;
     Ok(Sample {
         build,
-        nb,
-        sb,
-        hv,
-        flows: after,
-        flows_before,
+        nb: Some(nb),
+        sb: Some(sb),
+        hv: Some(hv),
+        flows: Some((after, flows_before)),
     })
 }
 
@@ -411,11 +411,112 @@ fn measure_nbctl(pods: usize) -> BenchResult<Sample> {
     check_flows(pods, flows_before, after)?;
     Ok(Sample {
         build,
-        nb: Duration::ZERO,
-        sb: Duration::ZERO,
-        hv,
-        flows: after,
-        flows_before,
+        nb: None,
+        sb: None,
+        hv: Some(hv),
+        flows: Some((after, flows_before)),
+    })
+}
+
+/// A bare Northbound ovsdb-server (no northd, no other client) in a directory of its own,
+/// stopped and removed on drop.
+struct BareNb {
+    dir: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl BareNb {
+    fn start() -> BenchResult<BareNb> {
+        let dir = std::env::temp_dir().join(format!("kube-egress-bench-nb-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir)?;
+        let db = dir.join("nb.db");
+        let status = std::process::Command::new("ovsdb-tool")
+            .arg("create")
+            .arg(&db)
+            .arg("/usr/share/ovn/ovn-nb.ovsschema")
+            .status()?;
+        if !status.success() {
+            return Err("ovsdb-tool create failed".into());
+        }
+        let child = std::process::Command::new("ovsdb-server")
+            .arg(&db)
+            .arg(format!("--remote=punix:{}", dir.join("nb.sock").display()))
+            .arg(format!("--unixctl={}", dir.join("nb.ctl").display()))
+            .arg(format!("--log-file={}", dir.join("nb.log").display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let nb = BareNb { dir, child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(nb.socket()).is_err() {
+            if Instant::now() > deadline {
+                return Err("the bare NB ovsdb-server did not start".into());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let status = std::process::Command::new("ovn-nbctl")
+            .arg(format!("--db=unix:{}", nb.socket().display()))
+            .args(["--", "init", "--", "lr-add", "ovn_cluster_router"])
+            .args(["--", "lr-add", "GR_node1", "--", "lr-add", "GR_node2"])
+            .status()?;
+        if !status.success() {
+            return Err("ovn-nbctl on the bare NB failed".into());
+        }
+        Ok(nb)
+    }
+
+    fn socket(&self) -> std::path::PathBuf {
+        self.dir.join("nb.sock")
+    }
+}
+
+impl Drop for BareNb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The same transaction against a bare Northbound server: NB time alone, without northd and
+/// the ovn-controllers competing for the CPUs and without monitors to update.
+fn measure_nb_only(pods: usize) -> BenchResult<Sample> {
+    let nb = BareNb::start()?;
+    let layout = spec().layout()?;
+    let mut db = Ovsdb::connect(&nb.socket())?;
+    let built = Instant::now();
+    let ops = egress_ops(&layout, pods, 0);
+    let build = built.elapsed();
+    let start = Instant::now();
+    db.transact(ops)?;
+    let nb_time = start.elapsed();
+    let policies = std::process::Command::new("ovn-nbctl")
+        .arg(format!("--db=unix:{}", nb.socket().display()))
+        .args([
+            "--bare",
+            "--columns=policies",
+            "list",
+            "Logical_Router",
+            "ovn_cluster_router",
+        ])
+        .output()?;
+    let linked = String::from_utf8_lossy(&policies.stdout)
+        .split_whitespace()
+        .count();
+    if linked != pods + 4 {
+        return Err(format!(
+            "{linked} policies linked from ovn_cluster_router, expected {}",
+            pods + 4
+        )
+        .into());
+    }
+    Ok(Sample {
+        build,
+        nb: Some(nb_time),
+        sb: None,
+        hv: None,
+        flows: None,
     })
 }
 
@@ -511,7 +612,10 @@ fn main() {
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for &pods in &sizes {
         let rows = 2 + 4 + pods * 3;
-        let mut paths: Vec<(&str, Measure)> = vec![("one JSON-RPC transact", measure_rpc)];
+        let mut paths: Vec<(&str, Measure)> = vec![
+            ("one JSON-RPC transact", measure_rpc),
+            ("same transact, bare NB server", measure_nb_only),
+        ];
         if pods <= 2000 {
             paths.push(("one ovn-nbctl --wait=hv", measure_nbctl));
         }
@@ -531,21 +635,27 @@ fn main() {
                 continue;
             }
             let last = *samples.last().unwrap();
-            let nb = median(samples.iter().map(|s| s.nb).collect());
-            let sb = median(samples.iter().map(|s| s.sb).collect());
-            let hv = median(samples.iter().map(|s| s.hv).collect());
-            let all_hv: Vec<String> = samples.iter().map(|s| ms(s.hv)).collect();
-            let dash = |d: Duration| if d.is_zero() { "-".to_string() } else { ms(d) };
+            // Median and every run of one column, or "-" where the path does not measure it.
+            let column = |pick: fn(&Sample) -> Option<Duration>| -> String {
+                let values: Vec<Duration> = samples.iter().filter_map(pick).collect();
+                if values.is_empty() {
+                    return "-".into();
+                }
+                let runs: Vec<String> = values.iter().map(|d| ms(*d)).collect();
+                format!("{} (runs: {})", ms(median(values)), runs.join(", "))
+            };
+            let flows = match last.flows {
+                Some((after, before)) => format!(
+                    "{} / {} ({} / {})",
+                    after[0], after[1], before[0], before[1]
+                ),
+                None => "-".into(),
+            };
             println!(
-                "| {name} | {pods} | {rows} | {} | {} | {} (runs: {}) | {} / {} ({} / {}) |",
-                dash(nb),
-                dash(sb),
-                ms(hv),
-                all_hv.join(", "),
-                last.flows[0],
-                last.flows[1],
-                last.flows_before[0],
-                last.flows_before[1],
+                "| {name} | {pods} | {rows} | {} | {} | {} | {flows} |",
+                column(|s| s.nb),
+                column(|s| s.sb),
+                column(|s| s.hv),
             );
             eprintln!(
                 "  ({name}, {pods} pods: building the request took {})",
