@@ -25,11 +25,11 @@ use crate::ovsdb::{
     parse_table_updates,
 };
 
-/// The replica, typed. Policies, NATs and QoS rules are the owned ones only.
+/// The replica, typed and keyed by UUID. Policies, NATs and QoS rules are the owned ones only.
 #[derive(Debug, Clone, Default)]
 pub struct NbState {
-    pub routers: Vec<LogicalRouter>,
-    pub switches: Vec<LogicalSwitch>,
+    pub routers: BTreeMap<String, LogicalRouter>,
+    pub switches: BTreeMap<String, LogicalSwitch>,
     pub policies: BTreeMap<String, LogicalRouterPolicy>,
     pub nats: BTreeMap<String, Nat>,
     pub address_sets: BTreeMap<String, AddressSet>,
@@ -38,39 +38,70 @@ pub struct NbState {
 
 impl NbState {
     pub fn from_database(db: &Database) -> NbState {
-        let owned = |ids: &BTreeMap<String, String>| names::is_owned(ids);
-        NbState {
-            routers: db
-                .table(nb::LOGICAL_ROUTER)
-                .map(|(u, r)| LogicalRouter::from_row(u, r))
-                .collect(),
-            switches: db
-                .table(nb::LOGICAL_SWITCH)
-                .map(|(u, r)| LogicalSwitch::from_row(u, r))
-                .collect(),
-            policies: db
-                .table(nb::LOGICAL_ROUTER_POLICY)
-                .map(|(u, r)| LogicalRouterPolicy::from_row(u, r))
-                .filter(|p| owned(&p.external_ids))
-                .map(|p| (p.uuid.clone(), p))
-                .collect(),
-            nats: db
-                .table(nb::NAT)
-                .map(|(u, r)| Nat::from_row(u, r))
-                .filter(|n| owned(&n.external_ids))
-                .map(|n| (n.uuid.clone(), n))
-                .collect(),
-            address_sets: db
-                .table(nb::ADDRESS_SET)
-                .map(|(u, r)| AddressSet::from_row(u, r))
-                .map(|a| (a.uuid.clone(), a))
-                .collect(),
-            qos: db
-                .table(nb::QOS)
-                .map(|(u, r)| Qos::from_row(u, r))
-                .filter(|q| owned(&q.external_ids))
-                .map(|q| (q.uuid.clone(), q))
-                .collect(),
+        let mut state = NbState::default();
+        for table in [
+            nb::LOGICAL_ROUTER,
+            nb::LOGICAL_SWITCH,
+            nb::LOGICAL_ROUTER_POLICY,
+            nb::NAT,
+            nb::ADDRESS_SET,
+            nb::QOS,
+        ] {
+            for (uuid, _) in db.table(table) {
+                state.refresh(db, table, uuid);
+            }
+        }
+        state
+    }
+
+    /// Brings one row up to date with the replica (after an insert, modify or delete).
+    pub fn refresh(&mut self, db: &Database, table: &str, uuid: &str) {
+        fn put<T>(map: &mut BTreeMap<String, T>, uuid: &str, value: Option<T>) {
+            match value {
+                Some(v) => {
+                    map.insert(uuid.to_string(), v);
+                }
+                None => {
+                    map.remove(uuid);
+                }
+            }
+        }
+        let row = db.row(table, uuid);
+        match table {
+            nb::LOGICAL_ROUTER => put(
+                &mut self.routers,
+                uuid,
+                row.map(|r| LogicalRouter::from_row(uuid, r)),
+            ),
+            nb::LOGICAL_SWITCH => put(
+                &mut self.switches,
+                uuid,
+                row.map(|r| LogicalSwitch::from_row(uuid, r)),
+            ),
+            nb::LOGICAL_ROUTER_POLICY => put(
+                &mut self.policies,
+                uuid,
+                row.map(|r| LogicalRouterPolicy::from_row(uuid, r))
+                    .filter(|p| names::is_owned(&p.external_ids)),
+            ),
+            nb::NAT => put(
+                &mut self.nats,
+                uuid,
+                row.map(|r| Nat::from_row(uuid, r))
+                    .filter(|n| names::is_owned(&n.external_ids)),
+            ),
+            nb::ADDRESS_SET => put(
+                &mut self.address_sets,
+                uuid,
+                row.map(|r| AddressSet::from_row(uuid, r)),
+            ),
+            nb::QOS => put(
+                &mut self.qos,
+                uuid,
+                row.map(|r| Qos::from_row(uuid, r))
+                    .filter(|q| names::is_owned(&q.external_ids)),
+            ),
+            _ => {}
         }
     }
 }
@@ -122,7 +153,7 @@ pub fn plan(state: &NbState, desired: &Desired) -> SyncPlan {
     let mut parents: BTreeMap<(&str, String, &str), ParentEdit> = BTreeMap::new();
 
     let mut routers: BTreeMap<&str, &LogicalRouter> = BTreeMap::new();
-    for r in &state.routers {
+    for r in state.routers.values() {
         if routers.insert(r.name.as_str(), r).is_some() {
             out.problems
                 .push(format!("several logical routers are named {}", r.name));
@@ -132,7 +163,7 @@ pub fn plan(state: &NbState, desired: &Desired) -> SyncPlan {
     // Logical_Router_Policy on ovn_cluster_router.
     let mut policy_parents: BTreeMap<&str, Vec<&LogicalRouter>> = BTreeMap::new();
     let mut nat_parents: BTreeMap<&str, Vec<&LogicalRouter>> = BTreeMap::new();
-    for r in &state.routers {
+    for r in state.routers.values() {
         for u in &r.policies {
             if state.policies.contains_key(u) {
                 policy_parents.entry(u.as_str()).or_default().push(r);
@@ -404,7 +435,7 @@ pub fn plan(state: &NbState, desired: &Desired) -> SyncPlan {
 
     // QoS on the node switches.
     let mut qos_parents: BTreeMap<&str, Vec<&LogicalSwitch>> = BTreeMap::new();
-    for s in &state.switches {
+    for s in state.switches.values() {
         for u in &s.qos_rules {
             if state.qos.contains_key(u) {
                 qos_parents.entry(u.as_str()).or_default().push(s);
@@ -413,7 +444,7 @@ pub fn plan(state: &NbState, desired: &Desired) -> SyncPlan {
     }
     let switches: BTreeMap<&str, &LogicalSwitch> = state
         .switches
-        .iter()
+        .values()
         .map(|s| (s.name.as_str(), s))
         .collect();
     let mut targets: Vec<&LogicalSwitch> = Vec::new();
@@ -555,6 +586,7 @@ const MONITOR_ID: &str = "kube-egress";
 pub struct NbMonitor {
     client: Client,
     db: Database,
+    state: NbState,
     updates: mpsc::UnboundedReceiver<Notification>,
     resyncs: u64,
 }
@@ -566,6 +598,7 @@ impl NbMonitor {
         let (db, updates) = Self::start(&client).await?;
         Ok(NbMonitor {
             client,
+            state: NbState::from_database(&db),
             db,
             updates,
             resyncs: 0,
@@ -580,7 +613,7 @@ impl NbMonitor {
             .monitor_cond(nb::DATABASE, MONITOR_ID, monitor_requests())
             .await?;
         let mut db = Database::new(schema);
-        db.apply(&initial).map_err(Error::OutOfStep)?;
+        db.apply(initial).map_err(Error::OutOfStep)?;
         Ok((db, updates))
     }
 
@@ -597,6 +630,7 @@ impl NbMonitor {
             match attempt.await {
                 Ok((client, db, updates)) => {
                     self.client = client;
+                    self.state = NbState::from_database(&db);
                     self.db = db;
                     self.updates = updates;
                     self.resyncs += 1;
@@ -613,7 +647,7 @@ impl NbMonitor {
     pub fn catch_up(&mut self) -> Result<(), Error> {
         loop {
             match self.updates.try_recv() {
-                Ok(n) => self.apply(&n)?,
+                Ok(n) => self.apply(n)?,
                 Err(mpsc::error::TryRecvError::Empty) => return Ok(()),
                 Err(mpsc::error::TryRecvError::Disconnected) => return Err(Error::Disconnected),
             }
@@ -624,24 +658,33 @@ impl NbMonitor {
     pub async fn changed(&mut self) -> Result<(), Error> {
         match self.updates.recv().await {
             Some(n) => {
-                self.apply(&n)?;
+                self.apply(n)?;
                 self.catch_up()
             }
             None => Err(Error::Disconnected),
         }
     }
 
-    fn apply(&mut self, n: &Notification) -> Result<(), Error> {
+    fn apply(&mut self, n: Notification) -> Result<(), Error> {
         let updates = parse_table_updates(&n.updates)?;
-        self.db.apply(&updates).map_err(Error::OutOfStep)
+        let touched: Vec<(String, String)> = updates
+            .iter()
+            .flat_map(|(table, rows)| rows.keys().map(move |uuid| (table.clone(), uuid.clone())))
+            .collect();
+        self.db.apply(updates).map_err(Error::OutOfStep)?;
+        for (table, uuid) in touched {
+            self.state.refresh(&self.db, &table, &uuid);
+        }
+        Ok(())
     }
 
     pub fn database(&self) -> &Database {
         &self.db
     }
 
-    pub fn state(&self) -> NbState {
-        NbState::from_database(&self.db)
+    /// The replica, typed (kept up to date row by row).
+    pub fn state(&self) -> &NbState {
+        &self.state
     }
 
     pub fn client(&self) -> &Client {
@@ -715,7 +758,7 @@ impl Reconciler {
     /// The operations a reconcile would send now (after applying pending updates).
     pub fn plan(&mut self, desired: &Desired) -> Result<SyncPlan, Error> {
         self.monitor.catch_up()?;
-        Ok(plan(&self.monitor.state(), desired))
+        Ok(plan(self.monitor.state(), desired))
     }
 
     /// Diffs the replica against `desired` and sends the difference as one transaction. A lost
@@ -726,7 +769,7 @@ impl Reconciler {
                 .reconnect(Duration::from_millis(200), self.reconnect_timeout)
                 .await?;
         }
-        let sync = plan(&self.monitor.state(), desired);
+        let sync = plan(self.monitor.state(), desired);
         let mut problems = desired.problems.clone();
         problems.extend(sync.problems);
         if sync.ops.is_empty() {

@@ -343,7 +343,7 @@ async fn read_loop(mut reader: Reader, shared: Arc<Shared>) {
     shared.monitors.lock().expect("monitors").clear();
 }
 
-fn handle_message(message: Json, shared: &Shared) {
+fn handle_message(mut message: Json, shared: &Shared) {
     if let Some(method) = message.get("method").and_then(Json::as_str) {
         match method {
             "echo" => {
@@ -354,19 +354,19 @@ fn handle_message(message: Json, shared: &Shared) {
                     .send(serde_json::to_vec(&reply).expect("JSON serialisation"));
             }
             "update" | "update2" => {
-                let params = message["params"].as_array();
+                let method = method.to_string();
+                let Some(params) = message["params"].as_array_mut() else {
+                    return;
+                };
                 let (Some(id), Some(updates)) = (
-                    params.and_then(|p| p.first()),
-                    params.and_then(|p| p.get(1)),
+                    params.first().map(Json::to_string),
+                    params.get_mut(1).map(Json::take),
                 ) else {
                     return;
                 };
                 let monitors = shared.monitors.lock().expect("monitors");
-                if let Some(tx) = monitors.get(&id.to_string()) {
-                    let _ = tx.send(Notification {
-                        method: method.to_string(),
-                        updates: updates.clone(),
-                    });
+                if let Some(tx) = monitors.get(&id) {
+                    let _ = tx.send(Notification { method, updates });
                 }
             }
             _ => {}

@@ -91,25 +91,26 @@ impl Database {
 
     /// Applies an update; a `modify` of an unknown row is an error (the replica is out of step
     /// and needs a full resync).
-    pub fn apply(&mut self, updates: &TableUpdates) -> Result<(), String> {
+    pub fn apply(&mut self, updates: TableUpdates) -> Result<(), String> {
         for (table, rows) in updates {
+            let replica = self.tables.entry(table.clone()).or_default();
             for (uuid, update) in rows {
-                let replica = self.tables.entry(table.clone()).or_default();
                 match update {
                     RowUpdate::Initial(row) | RowUpdate::Insert(row) => {
-                        replica.insert(uuid.clone(), row.clone());
+                        replica.insert(uuid, row);
                     }
                     RowUpdate::Delete => {
-                        replica.remove(uuid);
+                        replica.remove(&uuid);
                     }
                     RowUpdate::Modify(diff) => {
-                        let Some(row) = replica.get_mut(uuid) else {
+                        let Some(row) = replica.get_mut(&uuid) else {
                             return Err(format!("modify of unknown row {table} {uuid}"));
                         };
                         for (column, change) in diff {
-                            let kind = self.schema.column(table, column);
-                            let old = row.remove(column);
-                            row.insert(column.clone(), apply_diff(kind, old, change));
+                            let kind = self.schema.column(&table, &column);
+                            let old = row.remove(&column);
+                            let new = apply_diff(kind, old, &change);
+                            row.insert(column, new);
                         }
                     }
                 }
@@ -179,7 +180,7 @@ mod tests {
     fn modify_diffs_apply_per_column_kind() {
         let mut db = Database::new(schema());
         db.apply(
-            &parse_table_updates(&json!({"P": {"u1": {"initial": {
+            parse_table_updates(&json!({"P": {"u1": {"initial": {
                 "match": "a", "nexthops": "1.1.1.1", "nexthop": ["set", []],
                 "external_ids": ["map", [["k", "v"], ["gone", "x"]]]
             }}}}))
@@ -187,7 +188,7 @@ mod tests {
         )
         .unwrap();
         db.apply(
-            &parse_table_updates(&json!({"P": {"u1": {"modify": {
+            parse_table_updates(&json!({"P": {"u1": {"modify": {
                 "match": "b",
                 "nexthops": ["set", ["1.1.1.1", "2.2.2.2"]],
                 "nexthop": "9.9.9.9",
@@ -203,11 +204,11 @@ mod tests {
         let ids = row.string_map("external_ids");
         assert_eq!(ids.len(), 2);
         assert_eq!((ids["k"].as_str(), ids["new"].as_str()), ("w", "n"));
-        db.apply(&parse_table_updates(&json!({"P": {"u1": {"delete": null}}})).unwrap())
+        db.apply(parse_table_updates(&json!({"P": {"u1": {"delete": null}}})).unwrap())
             .unwrap();
         assert!(db.row("P", "u1").is_none());
         assert!(
-            db.apply(&parse_table_updates(&json!({"P": {"u9": {"modify": {}}}})).unwrap())
+            db.apply(parse_table_updates(&json!({"P": {"u9": {"modify": {}}}})).unwrap())
                 .is_err()
         );
     }
