@@ -1,8 +1,9 @@
 //! Nothing of a cluster survives it: not on drop, not on panic, and what a killed test process
 //! left is swept by the next start. Needs root and the OVN/OVS packages; skipped otherwise.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kube_egress_ovn_testbed::{
@@ -105,21 +106,31 @@ fn a_start_sweeps_what_a_dead_process_left() {
         .status()
         .unwrap();
     assert!(status.success());
-    // A "chassis daemon" living in the stale namespace.
+    // A "chassis daemon" living in the stale namespace (`ip netns exec` execs it: one pid).
     let mut in_ns = Command::new("ip")
         .args(["netns", "exec", &ns, "sleep", "300"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
 
     let rundir = std::env::temp_dir().join(format!("{RUNDIR_PREFIX}{dead}-0"));
     std::fs::create_dir_all(&rundir).unwrap();
-    // A "central daemon" whose command line names the run directory, and one that does not
-    // (a recycled pid must never be killed).
-    let mut central = Command::new("sh")
-        .args(["-c", "sleep 300", &rundir.display().to_string()])
+    // A "central daemon" whose command line names the run directory (as its argv[0]), and one
+    // that does not (a recycled pid must never be killed).
+    let mut central = Command::new("sleep")
+        .arg0(rundir.display().to_string())
+        .arg("300")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut unrelated = Command::new("sleep").arg("300").spawn().unwrap();
+    let mut unrelated = Command::new("sleep")
+        .arg("300")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     std::fs::write(rundir.join("nb.pid"), format!("{}\n", central.id())).unwrap();
     std::fs::write(rundir.join("sb.pid"), format!("{}\n", unrelated.id())).unwrap();
 

@@ -265,6 +265,29 @@ fn pods_leave_through_their_own_node_and_reach_each_other_directly() {
     );
     assert_eq!(in_b.seen(), vec![IpAddr::V4(cluster.pod("a").unwrap().ip)]);
 
+    // Helpers name what they do not know.
+    let err = cluster.request("nosuch").unwrap_err().to_string();
+    assert!(err.contains("no pod called nosuch"), "{err}");
+    let err = cluster.vsctl("node9", &["show"]).unwrap_err().to_string();
+    assert!(err.contains("no node called node9"), "{err}");
+    let err = cluster
+        .nbctl(&["lr-nat-list", "GR_node9"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("GR_node9"), "{err}");
+    // Both chassis registered, with their Geneve endpoints on br-phy.
+    let chassis = cluster
+        .sbctl(&["--bare", "--columns=name", "list", "Chassis"])
+        .unwrap();
+    assert_eq!(chassis.split_whitespace().count(), 2, "{chassis}");
+    let encaps = cluster
+        .sbctl(&["--bare", "--columns=ip", "list", "Encap"])
+        .unwrap();
+    assert!(
+        encaps.contains("192.168.100.1") && encaps.contains("192.168.100.2"),
+        "{encaps}"
+    );
+
     // The management port (host side ovn-k8s-mp0) reaches the pods of its node, as kubelet's
     // probes do, from the management IP.
     let node2 = cluster.node("node2").unwrap();
