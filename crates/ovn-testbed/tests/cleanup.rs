@@ -9,7 +9,17 @@ use std::time::{Duration, Instant};
 use kube_egress_ovn_testbed::{
     ClusterSpec, NETNS_PREFIX, OvnCluster, RUNDIR_PREFIX, unavailable_reason,
 };
-use kube_egress_testbed::{list_namespaces, namespace_exists};
+use kube_egress_testbed::{list_namespaces, namespace_exists, processes_in};
+
+/// Every start sweeps: the tests of this file run one at a time, so that one test's start does
+/// not sweep the stale state the other is still setting up.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 fn available() -> bool {
     match unavailable_reason() {
@@ -67,6 +77,7 @@ fn drop_and_panic_remove_daemons_namespaces_and_files() {
     if !available() {
         return;
     }
+    let _serial = serial();
     let spec = ClusterSpec::two_nodes().pod("prod", "a", "node2");
     let cluster = OvnCluster::start(&spec).unwrap();
     let f = footprint(&cluster);
@@ -95,6 +106,7 @@ fn a_start_sweeps_what_a_dead_process_left() {
     if !available() {
         return;
     }
+    let _serial = serial();
     // A pid that is certainly dead: a child that has exited and been reaped.
     let mut child = Command::new("true").spawn().unwrap();
     let dead = child.id();
@@ -113,9 +125,19 @@ fn a_start_sweeps_what_a_dead_process_left() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !processes_in(std::slice::from_ref(&ns))
+        .iter()
+        .any(|(pid, _)| *pid == in_ns.id())
+    {
+        assert!(Instant::now() < deadline, "sleep never entered {ns}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 
+    // Filled under another name and renamed, so that no sweep sees it half made.
     let rundir = std::env::temp_dir().join(format!("{RUNDIR_PREFIX}{dead}-0"));
-    std::fs::create_dir_all(&rundir).unwrap();
+    let staging = std::env::temp_dir().join(format!("staging-{RUNDIR_PREFIX}{dead}-0"));
+    std::fs::create_dir_all(&staging).unwrap();
     // A "central daemon" whose command line names the run directory (as its argv[0]), and one
     // that does not (a recycled pid must never be killed).
     let mut central = Command::new("sleep")
@@ -131,8 +153,9 @@ fn a_start_sweeps_what_a_dead_process_left() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::fs::write(rundir.join("nb.pid"), format!("{}\n", central.id())).unwrap();
-    std::fs::write(rundir.join("sb.pid"), format!("{}\n", unrelated.id())).unwrap();
+    std::fs::write(staging.join("nb.pid"), format!("{}\n", central.id())).unwrap();
+    std::fs::write(staging.join("sb.pid"), format!("{}\n", unrelated.id())).unwrap();
+    std::fs::rename(&staging, &rundir).unwrap();
 
     let cluster = OvnCluster::start(&ClusterSpec::two_nodes()).unwrap();
     assert!(!namespace_exists(&ns), "stale namespace {ns} survived");
