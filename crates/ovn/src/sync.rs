@@ -800,3 +800,207 @@ impl Reconciler {
         Ok(self.plan(desired)?.changes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::RouterNat;
+    use kube_egress_engine::Family;
+
+    fn state() -> NbState {
+        let mut s = NbState::default();
+        s.routers.insert(
+            "r1".into(),
+            LogicalRouter {
+                uuid: "r1".into(),
+                name: CLUSTER_ROUTER.into(),
+                // p-foreign belongs to someone else: it is not in `policies`.
+                policies: vec!["p-owned".into(), "p-foreign".into()],
+                nat: vec![],
+            },
+        );
+        s.routers.insert(
+            "r2".into(),
+            LogicalRouter {
+                uuid: "r2".into(),
+                name: "GR_a".into(),
+                policies: vec![],
+                nat: vec!["n1".into()],
+            },
+        );
+        s.policies.insert(
+            "p-owned".into(),
+            LogicalRouterPolicy {
+                uuid: "p-owned".into(),
+                priority: 100,
+                match_: "ip4.src == 10.244.1.3".into(),
+                action: "reroute".into(),
+                nexthops: vec!["100.64.0.3".into(), "100.64.0.9".into()],
+                external_ids: names::policy_ids(100, "e_ns/p", "ip4"),
+                ..Default::default()
+            },
+        );
+        s.nats.insert(
+            "n1".into(),
+            Nat {
+                uuid: "n1".into(),
+                type_: "snat".into(),
+                external_ip: "172.18.0.99".into(),
+                logical_ip: "10.244.1.3".into(),
+                logical_port: Some("k8s-a".into()),
+                options: [("stateless".to_string(), "false".to_string())].into(),
+                external_ids: names::nat_ids("e_ns/p", Family::V4),
+            },
+        );
+        s
+    }
+
+    fn desired_rows() -> Desired {
+        let s = state();
+        let mut policy = s.policies["p-owned"].clone();
+        policy.uuid.clear();
+        policy.nexthops = vec!["100.64.0.3".into(), "100.64.0.4".into()];
+        let mut nat = s.nats["n1"].clone();
+        nat.uuid.clear();
+        nat.external_ip = "172.18.0.33".into();
+        let (name, ids) = names::egress_ip_address_set(names::SERVED_PODS_SET, Family::V4);
+        Desired {
+            policies: vec![policy],
+            nats: vec![RouterNat {
+                router: "GR_a".into(),
+                nat,
+            }],
+            address_sets: vec![AddressSet {
+                name,
+                addresses: vec!["10.244.1.3".into()],
+                external_ids: ids,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn wrong_rows_are_updated_in_place() {
+        let p = plan(&state(), &desired_rows());
+        let described: Vec<String> = p.ops.iter().map(Operation::to_string).collect();
+        assert_eq!(
+            described,
+            vec![
+                "insert into Address_Set",
+                "update Logical_Router_Policy where _uuid == [\"uuid\",\"p-owned\"]",
+                "update NAT where _uuid == [\"uuid\",\"n1\"]",
+            ]
+        );
+        assert!(p.problems.is_empty());
+    }
+
+    #[test]
+    fn rows_no_longer_wanted_are_unlinked_and_foreign_ones_kept() {
+        let p = plan(&state(), &Desired::default());
+        let json: Vec<String> = p.ops.iter().map(|o| o.to_json().to_string()).collect();
+        assert_eq!(p.ops.len(), 2, "{json:?}");
+        assert!(
+            json[0].contains("\"policies\",\"delete\",[\"set\",[[\"uuid\",\"p-owned\"]]]"),
+            "{}",
+            json[0]
+        );
+        assert!(
+            json[1].contains("\"nat\",\"delete\",[\"set\",[[\"uuid\",\"n1\"]]]"),
+            "{}",
+            json[1]
+        );
+        assert!(!json.iter().any(|j| j.contains("p-foreign")));
+    }
+
+    #[test]
+    fn matching_state_plans_nothing() {
+        let mut s = state();
+        let want = desired_rows();
+        s.policies.get_mut("p-owned").unwrap().nexthops = want.policies[0].nexthops.clone();
+        s.nats.get_mut("n1").unwrap().external_ip = "172.18.0.33".into();
+        s.address_sets.insert(
+            "a1".into(),
+            AddressSet {
+                uuid: "a1".into(),
+                ..want.address_sets[0].clone()
+            },
+        );
+        let p = plan(&s, &want);
+        assert!(p.ops.is_empty(), "{:?}", p.changes);
+    }
+
+    #[test]
+    fn a_missing_cluster_router_is_a_problem() {
+        let mut s = state();
+        s.routers.remove("r1");
+        let p = plan(&s, &desired_rows());
+        assert!(
+            p.problems
+                .iter()
+                .any(|m| m.starts_with("logical router ovn_cluster_router does not exist"))
+        );
+    }
+
+    #[test]
+    fn qos_rule_is_shared_by_every_node_switch() {
+        let qos = Qos {
+            priority: names::QOS_PRIORITY,
+            direction: "from-lport".into(),
+            match_: "ip4.src == $a1 && ct.trk && ct.rpl".into(),
+            action: [("mark".to_string(), 42)].into(),
+            external_ids: names::qos_ids(Family::V4),
+            ..Default::default()
+        };
+        let want = Desired {
+            qos: vec![qos.clone()],
+            qos_switches: vec!["a".into(), "b".into(), "gone".into()],
+            ..Default::default()
+        };
+        let mut s = NbState::default();
+        for name in ["a", "b"] {
+            s.switches.insert(
+                format!("s-{name}"),
+                LogicalSwitch {
+                    uuid: format!("s-{name}"),
+                    name: name.into(),
+                    qos_rules: vec![],
+                },
+            );
+        }
+        let p = plan(&s, &want);
+        let json: Vec<String> = p.ops.iter().map(|o| o.to_json().to_string()).collect();
+        assert_eq!(json.len(), 3, "{json:?}");
+        assert!(json[0].contains("\"op\":\"insert\"") && json[0].contains("\"uuid-name\":\"q0\""));
+        for j in &json[1..] {
+            assert!(
+                j.contains("[\"qos_rules\",\"insert\",[\"set\",[[\"named-uuid\",\"q0\"]]]]"),
+                "{j}"
+            );
+        }
+        assert_eq!(p.problems.len(), 1);
+        assert!(p.problems[0].contains("logical switches gone do not exist"));
+
+        // Existing and attached to a: attached to b only.
+        s.qos.insert(
+            "q-1".into(),
+            Qos {
+                uuid: "q-1".into(),
+                ..qos
+            },
+        );
+        s.switches
+            .get_mut("s-a")
+            .unwrap()
+            .qos_rules
+            .push("q-1".into());
+        let p = plan(&s, &want);
+        let json: Vec<String> = p.ops.iter().map(|o| o.to_json().to_string()).collect();
+        assert_eq!(json.len(), 1, "{json:?}");
+        assert!(
+            json[0].contains("s-b") && json[0].contains("[\"uuid\",\"q-1\"]"),
+            "{}",
+            json[0]
+        );
+    }
+}
