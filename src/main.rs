@@ -43,9 +43,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Controller(args) => controller_cmd::run(args).map(|()| 0),
         Command::Plan(args) => plan_cmd::run(args).map(|()| 0),
         Command::Agent(args) => agent_cmd::run(args).map(|()| 0),
+        Command::Controller(args) => controller_cmd::run(args).map(|()| 0),
         Command::Lab(args) => lab_cmd::run(args),
     };
     match result {

@@ -122,7 +122,9 @@ impl NbServer {
                 l.split_once("listening on port ")
                     .and_then(|(_, p)| p.trim().parse::<u16>().ok())
             });
-            if let (Some(port), true) = (port, dir.join("nb.sock").exists()) {
+            // The socket file appears at bind(), before listen(): only a connection proves it ready.
+            let listening = std::os::unix::net::UnixStream::connect(dir.join("nb.sock")).is_ok();
+            if let (Some(port), true) = (port, listening) {
                 self.tcp_port = port;
                 return Ok(());
             }
