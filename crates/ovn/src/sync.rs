@@ -589,6 +589,9 @@ pub struct NbMonitor {
     state: NbState,
     updates: mpsc::UnboundedReceiver<Notification>,
     resyncs: u64,
+    /// Why the replica stopped following the server (an update it could not apply): until a
+    /// reconnection rebuilds it, every [`NbMonitor::catch_up`] reports [`Error::OutOfStep`].
+    out_of_step: Option<String>,
 }
 
 impl NbMonitor {
@@ -602,6 +605,7 @@ impl NbMonitor {
             db,
             updates,
             resyncs: 0,
+            out_of_step: None,
         })
     }
 
@@ -634,6 +638,7 @@ impl NbMonitor {
                     self.db = db;
                     self.updates = updates;
                     self.resyncs += 1;
+                    self.out_of_step = None;
                     return Ok(());
                 }
                 Err(e) if tokio::time::Instant::now() + retry > deadline => return Err(e),
@@ -642,9 +647,13 @@ impl NbMonitor {
         }
     }
 
-    /// Applies the updates received so far. [`Error::Disconnected`] when the connection ended
-    /// (call [`NbMonitor::reconnect`]).
+    /// Applies the updates received so far. [`Error::Disconnected`] when the connection ended,
+    /// [`Error::OutOfStep`] when an update did not fit the replica, now or earlier (either way,
+    /// call [`NbMonitor::reconnect`]).
     pub fn catch_up(&mut self) -> Result<(), Error> {
+        if let Some(why) = &self.out_of_step {
+            return Err(Error::OutOfStep(why.clone()));
+        }
         loop {
             match self.updates.try_recv() {
                 Ok(n) => self.apply(n)?,
@@ -656,6 +665,9 @@ impl NbMonitor {
 
     /// Waits for the next update and applies it (with any others queued).
     pub async fn changed(&mut self) -> Result<(), Error> {
+        if let Some(why) = &self.out_of_step {
+            return Err(Error::OutOfStep(why.clone()));
+        }
         match self.updates.recv().await {
             Some(n) => {
                 self.apply(n)?;
@@ -665,17 +677,31 @@ impl NbMonitor {
         }
     }
 
+    /// Applies one update. One that does not parse or fit leaves the replica partly updated:
+    /// it is marked out of step until a reconnection rebuilds it.
     fn apply(&mut self, n: Notification) -> Result<(), Error> {
-        let updates = parse_table_updates(&n.updates)?;
-        let touched: Vec<(String, String)> = updates
-            .iter()
-            .flat_map(|(table, rows)| rows.keys().map(move |uuid| (table.clone(), uuid.clone())))
-            .collect();
-        self.db.apply(updates).map_err(Error::OutOfStep)?;
-        for (table, uuid) in touched {
-            self.state.refresh(&self.db, &table, &uuid);
+        let applied = parse_table_updates(&n.updates)
+            .map_err(Error::from)
+            .and_then(|updates| {
+                let touched: Vec<(String, String)> = updates
+                    .iter()
+                    .flat_map(|(table, rows)| {
+                        rows.keys().map(move |uuid| (table.clone(), uuid.clone()))
+                    })
+                    .collect();
+                self.db.apply(updates).map_err(Error::OutOfStep)?;
+                for (table, uuid) in touched {
+                    self.state.refresh(&self.db, &table, &uuid);
+                }
+                Ok(())
+            });
+        if let Err(e) = &applied {
+            self.out_of_step = Some(match e {
+                Error::OutOfStep(why) => why.clone(),
+                other => other.to_string(),
+            });
         }
-        Ok(())
+        applied
     }
 
     pub fn database(&self) -> &Database {
@@ -762,9 +788,10 @@ impl Reconciler {
     }
 
     /// Diffs the replica against `desired` and sends the difference as one transaction. A lost
-    /// connection is re-established (with a full resync) before diffing.
+    /// connection, or a replica that stopped following the server, is re-established (with a
+    /// full resync) before diffing.
     pub async fn reconcile(&mut self, desired: &Desired) -> Result<Report, Error> {
-        if let Err(Error::Disconnected | Error::OutOfStep(_)) = self.monitor.catch_up() {
+        if self.monitor.catch_up().is_err() {
             self.monitor
                 .reconnect(Duration::from_millis(200), self.reconnect_timeout)
                 .await?;

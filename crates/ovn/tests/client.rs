@@ -336,3 +336,110 @@ async fn reconnect_gives_up_after_its_timeout() {
         .unwrap_err();
     assert!(matches!(err, Error::Connect { .. }), "{err}");
 }
+
+/// A TCP endpoint forwarding each connection to the server's unix socket, which can slip a
+/// message of its own into what the server sends to the newest connection (between two of the
+/// server's messages: it is used only while the server has nothing to say).
+struct Proxy {
+    endpoint: String,
+    inject: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+}
+
+impl Proxy {
+    async fn start(unix: &str) -> Proxy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = unix.strip_prefix("unix:").unwrap().to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("tcp:{}", listener.local_addr().unwrap());
+        let (inject, injected) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        let injected = std::sync::Arc::new(tokio::sync::Mutex::new(injected));
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = tokio::net::UnixStream::connect(&socket).await.unwrap();
+                let injected = injected.clone();
+                tokio::spawn(async move {
+                    let (mut client_rd, mut client_wr) = client.into_split();
+                    let (mut server_rd, mut server_wr) = server.into_split();
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut client_rd, &mut server_wr).await;
+                    });
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        tokio::select! {
+                            n = server_rd.read(&mut buf) => match n {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    if client_wr.write_all(&buf[..n]).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            },
+                            Some(message) = async { injected.lock().await.recv().await } => {
+                                if client_wr.write_all(&message).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Proxy { endpoint, inject }
+    }
+}
+
+/// An update the replica cannot apply (a modify of a row it never saw) leaves it out of step: it
+/// says so on every later call, not only once, until a reconnection rebuilds it; a reconcile
+/// does that reconnection itself.
+#[tokio::test]
+async fn an_update_that_does_not_fit_keeps_the_replica_out_of_step_until_a_resync() {
+    use kube_egress_ovn::{Desired, Reconciler};
+    let nb = server();
+    nb.nbctl(&[
+        "create",
+        "Address_Set",
+        "name=kept",
+        "external_ids:k8s.ovn.org/owner-type=EgressIP",
+        "external_ids:k8s.ovn.org/owner-controller=default-network-controller",
+    ])
+    .unwrap();
+    let proxy = Proxy::start(&nb.unix()).await;
+    let mut reconciler = Reconciler::connect(&proxy.endpoint).await.unwrap();
+    assert!(reconciler.monitor_mut().catch_up().is_ok());
+
+    let bogus = serde_json::json!({
+        "id": null,
+        "method": "update2",
+        "params": ["kube-egress", {"Address_Set": {
+            "0b6d1e3c-6a3f-4a51-9d0c-4d2f2f1c0001": {"modify": {"name": "ghost"}}
+        }}]
+    });
+    proxy.inject.send(bogus.to_string().into_bytes()).unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), reconciler.monitor_mut().changed())
+        .await
+        .expect("the injected update arrives");
+    assert!(matches!(first, Err(Error::OutOfStep(_))), "{first:?}");
+    // Still out of step: nothing new arrived, but the replica is not to be trusted.
+    let again = reconciler.monitor_mut().catch_up();
+    assert!(
+        matches!(again, Err(Error::OutOfStep(ref why)) if why.contains("unknown row")),
+        "{again:?}"
+    );
+    let waited = tokio::time::timeout(Duration::from_secs(1), reconciler.monitor_mut().changed())
+        .await
+        .expect("an out-of-step replica answers at once");
+    assert!(matches!(waited, Err(Error::OutOfStep(_))), "{waited:?}");
+
+    // A change made meanwhile is seen after the resync the reconcile starts with.
+    nb.nbctl(&[
+        "create",
+        "Address_Set",
+        "name=added",
+        "external_ids:k8s.ovn.org/owner-type=EgressIP",
+        "external_ids:k8s.ovn.org/owner-controller=default-network-controller",
+    ])
+    .unwrap();
+    reconciler.reconcile(&Desired::default()).await.unwrap();
+    assert_eq!(reconciler.monitor().resyncs(), 1);
+    assert!(reconciler.monitor_mut().catch_up().is_ok());
+}
