@@ -4,6 +4,7 @@
 
 pub mod applier;
 pub mod desired;
+mod libnftables;
 pub mod netlink;
 pub mod netns;
 pub mod nft;

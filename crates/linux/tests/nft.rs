@@ -1,4 +1,5 @@
-//! The nftables table against the real `nft`, inside a network namespace of the test's own.
+//! The nftables table against the real nftables (in process through libnftables, and through
+//! the `nft` program), inside a network namespace of the test's own.
 
 use std::process::Command;
 
@@ -60,9 +61,23 @@ fn sample() -> NftState {
 }
 
 #[tokio::test]
-async fn full_table_then_element_diffs_round_trip() {
+async fn full_table_then_element_diffs_round_trip_in_process() {
     let Some(ns) = Netns::new("rt") else { return };
     let nft = Nft::in_netns(&ns.0, "kegress0");
+    // The context was opened in the namespace; this test's thread is not in it.
+    assert_eq!(nft.backend(), "libnftables");
+    round_trip(&ns, nft).await;
+}
+
+#[tokio::test]
+async fn full_table_then_element_diffs_round_trip_through_the_program() {
+    let Some(ns) = Netns::new("rtp") else { return };
+    let nft = Nft::in_netns(&ns.0, "kegress0").with_program();
+    assert_eq!(nft.backend(), "nft program");
+    round_trip(&ns, nft).await;
+}
+
+async fn round_trip(ns: &Netns, nft: Nft) {
     assert_eq!(nft.read().await.unwrap(), None);
 
     let state = sample();
@@ -110,9 +125,21 @@ async fn full_table_then_element_diffs_round_trip() {
 }
 
 #[tokio::test]
-async fn a_failed_batch_changes_nothing() {
+async fn a_failed_batch_changes_nothing_in_process() {
     let Some(ns) = Netns::new("fail") else { return };
-    let nft = Nft::in_netns(&ns.0, "kegress0");
+    a_failed_batch_changes_nothing(Nft::in_netns(&ns.0, "kegress0")).await;
+}
+
+#[tokio::test]
+async fn a_failed_batch_changes_nothing_through_the_program() {
+    let Some(ns) = Netns::new("failp") else {
+        return;
+    };
+    a_failed_batch_changes_nothing(Nft::in_netns(&ns.0, "kegress0").with_program()).await;
+}
+
+/// A batch the kernel refuses reports nft's error and leaves the table as it was.
+async fn a_failed_batch_changes_nothing(nft: Nft) {
     let state = sample();
     nft.apply(&nft.full_batch(&state)).await.unwrap();
     // Deleting an element that does not exist fails the whole batch, including the add before it.
@@ -128,6 +155,7 @@ async fn a_failed_batch_changes_nothing() {
         .extend(bad["nftables"].as_array().unwrap().iter().cloned());
     let err = nft.apply(&batch).await.unwrap_err().to_string();
     assert!(err.contains("nft apply failed"), "{err}");
+    assert!(err.contains("No such file or directory"), "{err}");
     assert_eq!(nft.read().await.unwrap(), Some(state));
 }
 
