@@ -21,8 +21,9 @@
 //! empty (`remove_all` between runs), then with the plan plus one pod (a different pod each
 //! repetition; the plan without it is applied again, untimed, after each one). Where the time of
 //! the one-pod apply goes is measured separately: the netlink reads the applier makes, the pure
-//! computation of the desired state and the nft batch, and `nft` run with an empty batch (the cost
-//! of starting it). The baseline runs in the same namespace: N × `ip rule add from POD/32 lookup T
+//! computation of the desired state and the nft batch, the batch itself, an empty batch, and the
+//! same one-element batch through the `nft` program (what starting a process per change costs;
+//! the applier uses libnftables in process when it loads). The baseline runs in the same namespace: N × `ip rule add from POD/32 lookup T
 //! priority 6000` through `ip -batch -` and N × `iptables -t nat -A OVN-KUBE-EGRESS-IP-MULTI-NIC -s
 //! POD/32 -o eth0 -j SNAT --to-source EIP` through `iptables-restore --noflush` (batched, which is
 //! generous to the baseline), then one more pod with one `ip rule add` and one `iptables -A`.
@@ -550,13 +551,20 @@ struct KubeEgressProgramming {
     compute: Vec<Duration>,
     nft_batch: Vec<Duration>,
     nft_empty: Vec<Duration>,
+    nft_program_batch: Vec<Duration>,
+    /// How the applier talks to nftables.
+    nft_backend: &'static str,
 }
 
 async fn kube_egress_programming(args: &Args, base: &NodePlan) -> Result<KubeEgressProgramming> {
     let nl = Netlink::connect()?;
     let mut applier = Applier::new(nl.clone(), Nft::new(TUNNEL_DEVICE), Some(NODE_IP.into()));
     let nft = Nft::new(TUNNEL_DEVICE);
-    let mut out = KubeEgressProgramming::default();
+    let program = Nft::new(TUNNEL_DEVICE).with_program();
+    let mut out = KubeEgressProgramming {
+        nft_backend: nft.backend(),
+        ..Default::default()
+    };
     applier.remove_all().await?;
 
     progress(format!(
@@ -681,6 +689,11 @@ async fn kube_egress_programming(args: &Args, base: &NodePlan) -> Result<KubeEgr
         let start = Instant::now();
         nft.apply(&serde_json::json!({"nftables": []})).await?;
         out.nft_empty.push(start.elapsed());
+
+        let start = Instant::now();
+        program.apply(&batch).await?;
+        out.nft_program_batch.push(start.elapsed());
+        program.apply(&back).await?;
     }
     let diffs = applier.verify(base).await?;
     ensure!(diffs.is_empty(), "kernel differs from the plan: {diffs:?}");
@@ -1586,9 +1599,10 @@ fn report(r: &Results, header: &str) -> (String, bool) {
     let full_nft = stats(&r.ke.full_nft).median;
     let _ = writeln!(
         s,
-        "- kube-egress from empty: desired state (netlink reads + {n} entries) {}; building the JSON batch (the whole table, {n} map elements) {}; the transaction (serialising it + `nft -j -f -`) {}; the rest of the {}, not broken down further (reading the absent table, creating the VXLAN device, placing and announcing the egress IP, sysctls) {}",
+        "- kube-egress from empty: desired state (netlink reads + {n} entries) {}; building the JSON batch (the whole table, {n} map elements) {}; the transaction (serialising it + handing it to {}) {}; the rest of the {}, not broken down further (reading the absent table, creating the VXLAN device, placing and announcing the egress IP, sysctls) {}",
         dur(full_desired),
         dur(full_build),
+        r.ke.nft_backend,
         dur(full_nft),
         dur(ke_full.median),
         dur(ke_full
@@ -1601,11 +1615,13 @@ fn report(r: &Results, header: &str) -> (String, bool) {
     let empty = stats(&r.ke.nft_empty).median;
     let _ = writeln!(
         s,
-        "- kube-egress +1 pod: netlink reads {} (links, addresses ×2, tunnel ×2, neighbours, FDB, links, owned addresses, rules); desired state of all {n} entries + diff {}; the one-element nft batch {} (of which starting `nft` with an empty batch {}); the rest of the {}, not broken down further (prerequisite sysctl reads, the copy of the nft state the applier keeps for its next diff) {}",
+        "- kube-egress +1 pod: netlink reads {} (links, addresses ×2, tunnel ×2, neighbours, FDB, links, owned addresses, rules); desired state of all {n} entries + diff {}; the one-element nft batch through {} {} (an empty batch {}; the same one-element batch through the `nft` program {}); the rest of the {}, not broken down further (prerequisite sysctl reads, the copy of the nft state the applier keeps for its next diff) {}",
         dur(reads),
         dur(compute),
+        r.ke.nft_backend,
         dur(batch),
         dur(empty),
+        dur(stats(&r.ke.nft_program_batch).median),
         dur(ke_add.median),
         dur(ke_add.median.saturating_sub(reads + compute + batch))
     );
