@@ -442,8 +442,10 @@ fn granted(docs: &[Document], ns: &str, account: &str) -> BTreeSet<Permission> {
     out
 }
 
-/// What the code of each component calls, from its Kubernetes edge. `patch` on events: kube's
-/// event recorder patches a repeated Event instead of creating it again.
+/// What the code of each component calls, from its Kubernetes edge. Each kind is followed by a
+/// watcher (list and watch); `get` only where one object is read by name: an EgressIP re-read after
+/// a conflicting status patch, the Lease. `patch` on events: kube's event recorder patches a
+/// repeated Event instead of creating it again.
 fn needed(component: &str, ns: &str, lease: &str) -> BTreeSet<Permission> {
     let mut out = BTreeSet::new();
     let mut add = |scope: &str, group: &str, resources: &[&str], verbs: &[&str], name: &str| {
@@ -459,7 +461,7 @@ fn needed(component: &str, ns: &str, lease: &str) -> BTreeSet<Permission> {
             }
         }
     };
-    let read = ["get", "list", "watch"];
+    let read = ["list", "watch"];
     add("*", "", &["namespaces", "pods"], &read, "*");
     add("*", "networking.k8s.io", &["servicecidrs"], &read, "*");
     match component {
@@ -485,7 +487,8 @@ fn needed(component: &str, ns: &str, lease: &str) -> BTreeSet<Permission> {
             );
         }
         "agent" => {
-            add("*", "", &["nodes"], &["get", "list", "watch", "patch"], "*");
+            // Addressing annotations of its own node: a merge patch.
+            add("*", "", &["nodes"], &["list", "watch", "patch"], "*");
             add("*", "k8s.ovn.org", &["egressips"], &read, "*");
         }
         other => panic!("no permissions known for component {other}"),

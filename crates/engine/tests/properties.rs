@@ -5,8 +5,10 @@
 //! - every assigned IP is hostable on an eligible node and is not a host address;
 //! - nothing assignable is left unassigned (no lost retries);
 //! - a pod is served by at most one object, the oldest matching one;
-//! - adding a node, or an object that claims nothing already held, moves no assignment;
-//! - losing a node moves only the IPs it hosted;
+//! - a node change (added, updated, removed, probed) moves only the IPs that node can no longer
+//!   keep, each to a node that can host it, or leaves it unassigned, reported by an Event, only
+//!   when every such node already holds an IP of the same object;
+//! - an object that claims nothing already held moves no assignment;
 //! - the incremental result equals the from-scratch result for the same objects and statuses, and
 //!   the from-scratch result does not depend on the order of the input.
 
@@ -18,7 +20,7 @@ use std::net::IpAddr;
 use common::*;
 use kube_egress_api::Selector;
 use kube_egress_engine::{
-    Config, EgressIpInfo, Engine, NamespaceInfo, NodeInfo, PodInfo, Snapshot,
+    Config, EgressIpInfo, Engine, Event, NamespaceInfo, NodeInfo, PodInfo, Snapshot,
 };
 use proptest::prelude::*;
 
@@ -255,6 +257,112 @@ fn hostable(node: &NodeInfo, ip: &IpAddr) -> Option<bool> {
         .then_some(false)
 }
 
+/// The eligible nodes that may take `ip` when it is placed: those that can host it, narrowed to the
+/// ones holding it in a secondary network (and not their primary one) when there are any.
+fn candidates(world: &World, ip: &IpAddr) -> Vec<String> {
+    let hosting: Vec<(&String, bool)> = world
+        .nodes
+        .iter()
+        .filter(|(n, _)| world.eligible(n))
+        .filter_map(|(n, info)| hostable(info, ip).map(|primary| (n, primary)))
+        .collect();
+    let secondary_only = hosting.iter().any(|(_, primary)| !primary);
+    hosting
+        .into_iter()
+        .filter(|(_, primary)| !secondary_only || !primary)
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+/// The objects that hold every IP of their spec that is not a host address: they have no
+/// outstanding `UnassignedRequest` or `NoMatchingNodeFound`, so losing an IP raises a new one.
+fn fully_assigned(world: &World, assignments: &Assignments) -> BTreeSet<String> {
+    let host_ips: BTreeSet<IpAddr> = world.nodes.values().flat_map(NodeInfo::host_ips).collect();
+    world
+        .eips
+        .values()
+        .filter(|e| {
+            let held: BTreeSet<IpAddr> = assignments
+                .get(&e.name)
+                .into_iter()
+                .flatten()
+                .map(|(_, ip)| ip.parse().unwrap())
+                .collect();
+            e.ips
+                .iter()
+                .filter_map(|raw| raw.parse::<IpAddr>().ok())
+                .filter(|ip| !host_ips.contains(ip))
+                .all(|ip| held.contains(&ip))
+        })
+        .map(|e| e.name.clone())
+        .collect()
+}
+
+/// What must hold after node `changed` was added, updated, removed or probed:
+/// - an IP on another node, or on `changed` while that node is still eligible and can still host
+///   it, stays where it was (unless the change made it a host address, which refuses it);
+/// - an IP that `changed` can no longer keep is either on another node that may take it, or
+///   unassigned because every such node already hosts an IP of the same object; an object that
+///   had all its IPs before then gets an `UnassignedRequest` or `NoMatchingNodeFound` Event.
+fn check_node_change(
+    world: &World,
+    changed: &str,
+    before: &Assignments,
+    after: &Assignments,
+    events: &[Event],
+    fully_assigned: &BTreeSet<String>,
+) -> Result<(), TestCaseError> {
+    let host_ips: BTreeSet<IpAddr> = world.nodes.values().flat_map(NodeInfo::host_ips).collect();
+    for (name, items) in before {
+        let now = &after[name];
+        for (node, raw) in items {
+            let ip: IpAddr = raw.parse().unwrap();
+            if host_ips.contains(&ip) {
+                continue;
+            }
+            let placed = now.iter().find(|(_, i)| i == raw).map(|(n, _)| n);
+            let keeps = node != changed
+                || (world.eligible(node) && hostable(&world.nodes[node], &ip).is_some());
+            if keeps {
+                prop_assert_eq!(
+                    placed,
+                    Some(node),
+                    "{} of {} moved from {}",
+                    raw,
+                    name,
+                    node
+                );
+                continue;
+            }
+            let allowed = candidates(world, &ip);
+            match placed {
+                Some(to) => prop_assert!(
+                    to != node && allowed.contains(to),
+                    "{raw} of {name} moved from {node} to {to}, which may not take it"
+                ),
+                None => {
+                    let used: BTreeSet<&str> = now.iter().map(|(n, _)| n.as_str()).collect();
+                    let free = allowed.iter().find(|n| !used.contains(n.as_str()));
+                    prop_assert!(
+                        free.is_none(),
+                        "{raw} of {name} left {node} unassigned but {free:?} has room"
+                    );
+                    if fully_assigned.contains(name) {
+                        prop_assert!(
+                            events.iter().any(|e| e.kind == "EgressIP"
+                                && e.name == *name
+                                && (e.reason == "UnassignedRequest"
+                                    || e.reason == "NoMatchingNodeFound")),
+                            "{raw} of {name} left {node} unassigned without an Event: {events:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check_invariants(world: &World, engine: &Engine) -> Result<(), TestCaseError> {
     let host_ips: BTreeSet<IpAddr> = world.nodes.values().flat_map(NodeInfo::host_ips).collect();
     let mut seen_ips: BTreeMap<IpAddr, String> = BTreeMap::new();
@@ -302,17 +410,9 @@ fn check_invariants(world: &World, engine: &Engine) -> Result<(), TestCaseError>
             if older_claimant {
                 continue;
             }
-            let candidates: Vec<(&String, bool)> = world
-                .nodes
-                .iter()
-                .filter(|(n, _)| world.eligible(n))
-                .filter_map(|(n, info)| hostable(info, &ip).map(|primary| (n, primary)))
-                .collect();
-            let secondary_only = candidates.iter().any(|(_, primary)| !primary);
-            let free = candidates
-                .iter()
-                .filter(|(_, primary)| !secondary_only || !primary)
-                .find(|(n, _)| !used.contains(n.as_str()));
+            let free = candidates(world, &ip)
+                .into_iter()
+                .find(|n| !used.contains(n.as_str()));
             prop_assert!(
                 free.is_none(),
                 "{name}: {ip} unassigned but {free:?} could host it"
@@ -362,35 +462,22 @@ proptest! {
         let mut engine = Engine::new(Config::default());
         let mut world = World::default();
         for op in &ops {
+            engine.take_changes();
             let before = assignments(&engine);
+            let fully_assigned = fully_assigned(&world, &before);
             world.apply(&mut engine, op);
+            let events = engine.take_changes().events;
             check_invariants(&world, &engine)?;
             let after = assignments(&engine);
             match op {
-                // A new or changed node never takes an IP away from another node, and a node that
-                // is still eligible and still hosts its IPs keeps them.
+                // A node added, changed, removed or probed: only the IPs it can no longer keep
+                // move, each to a node that may take it; only lack of room leaves one unassigned.
                 Op::Node(n) => {
-                    for (name, items) in &before {
-                        for item in items {
-                            let kept = after.get(name).is_some_and(|a| a.contains(item));
-                            let lost_here = item.0 == n.name;
-                            let now_host_address =
-                                n.host_ips().contains(&item.1.parse::<IpAddr>().unwrap());
-                            prop_assert!(
-                                kept || lost_here || now_host_address,
-                                "{item:?} of {name} moved"
-                            );
-                        }
-                    }
+                    check_node_change(&world, &n.name, &before, &after, &events, &fully_assigned)?
                 }
-                // Losing a node moves only what it hosted.
-                Op::RemoveNode(i) | Op::Reachable(i, false) => {
-                    for (name, items) in &before {
-                        for item in items.iter().filter(|(n, _)| n != NODE_NAMES[*i]) {
-                            prop_assert!(after[name].contains(item), "{item:?} of {name} moved");
-                        }
-                    }
-                }
+                Op::RemoveNode(i) | Op::Reachable(i, _) => check_node_change(
+                    &world, NODE_NAMES[*i], &before, &after, &events, &fully_assigned,
+                )?,
                 // An object never takes IPs from another one (others may gain released IPs).
                 Op::Eip(e) => {
                     for (name, items) in before.iter().filter(|(n, _)| **n != e.name) {
@@ -401,7 +488,7 @@ proptest! {
                 }
                 // Pods and namespaces never move IPs.
                 Op::Namespace(_) | Op::Pod(_) | Op::RemovePod(..) => prop_assert_eq!(&before, &after),
-                _ => {}
+                Op::RemoveEip(_) => {}
             }
         }
         // Incremental == from scratch, given the statuses and marks the engine wrote.

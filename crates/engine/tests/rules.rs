@@ -417,6 +417,60 @@ fn pod_matched_twice_is_served_by_the_oldest_object() {
 }
 
 #[test]
+fn pod_matched_by_objects_of_the_same_age_is_served_by_the_smaller_name() {
+    let nodes = [
+        node("a", true, "10.0.0.1/24", &[]),
+        node("b", true, "10.0.0.2/24", &[]),
+    ];
+    let objects = [
+        eip("beta", 7, &["10.0.0.101"], match_labels(&[("env", "prod")])),
+        eip(
+            "alpha",
+            7,
+            &["10.0.0.102"],
+            match_labels(&[("env", "prod")]),
+        ),
+    ];
+    let undefined = "EgressIP object beta will not be configured for pod ns/p since another egressIP object alpha is serving it, this is undefined";
+
+    // From scratch, whatever the input order.
+    for egress_ips in [objects.to_vec(), objects.iter().rev().cloned().collect()] {
+        let snapshot = Snapshot {
+            nodes: nodes.to_vec(),
+            namespaces: vec![namespace("ns", &[("env", "prod")])],
+            pods: vec![pod("ns", "p", "a", &["10.128.0.5"], &[])],
+            egress_ips,
+            ..Default::default()
+        };
+        let mut engine = Engine::load(Config::default(), snapshot);
+        assert_eq!(engine.served_pods("alpha"), vec!["ns/p"]);
+        assert!(engine.served_pods("beta").is_empty());
+        let events = engine.take_changes().events;
+        assert_eq!(reasons(&events), pairs(&[("beta", "UndefinedRequest")]));
+        assert_eq!(events[0].kind, "EgressIP");
+        assert_eq!(events[0].type_, "Warning");
+        assert_eq!(events[0].message, undefined);
+    }
+
+    // Incrementally: the object that arrives second but sorts first by name takes the pod over.
+    let mut engine = Engine::new(Config::default());
+    for n in &nodes {
+        engine.upsert_node(n.clone());
+    }
+    engine.upsert_namespace(namespace("ns", &[("env", "prod")]));
+    engine.upsert_pod(pod("ns", "p", "a", &["10.128.0.5"], &[]));
+    engine.upsert_egress_ip(objects[0].clone());
+    assert_eq!(engine.served_pods("beta"), vec!["ns/p"]);
+    engine.take_changes();
+    engine.upsert_egress_ip(objects[1].clone());
+    assert_eq!(engine.served_pods("alpha"), vec!["ns/p"]);
+    assert!(engine.served_pods("beta").is_empty());
+    let events = engine.take_changes().events;
+    assert_eq!(reasons(&events), pairs(&[("beta", "UndefinedRequest")]));
+    assert_eq!(events[0].message, undefined);
+}
+
+#[test]
 fn unservable_pods_are_not_served() {
     let mut host = pod("ns", "host", "a", &["10.0.0.1"], &[]);
     host.host_network = true;
