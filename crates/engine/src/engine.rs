@@ -324,7 +324,10 @@ impl NamespaceState {
     }
 }
 
+/// The Event of an object that matches a pod another object serves. `pod` is our pod key
+/// (`namespace/name`); the message names the pod as OVN-Kubernetes does, `namespace_name`.
 fn undefined_request(standby: &EipKey, pod: &str, serving: &EipKey) -> Event {
+    let pod = pod.replacen('/', "_", 1);
     Event::warning(
         "EgressIP",
         &standby.name,

@@ -410,7 +410,7 @@ fn pod_matched_twice_is_served_by_the_oldest_object() {
     assert_eq!(reasons(&events), pairs(&[("alpha", "UndefinedRequest")]));
     assert_eq!(
         events[0].message,
-        "EgressIP object alpha will not be configured for pod ns/p since another egressIP object zeta is serving it, this is undefined"
+        "EgressIP object alpha will not be configured for pod ns_p since another egressIP object zeta is serving it, this is undefined"
     );
     engine.remove_egress_ip("zeta");
     assert_eq!(engine.served_pods("alpha"), vec!["ns/p"]);
@@ -431,7 +431,7 @@ fn pod_matched_by_objects_of_the_same_age_is_served_by_the_smaller_name() {
             match_labels(&[("env", "prod")]),
         ),
     ];
-    let undefined = "EgressIP object beta will not be configured for pod ns/p since another egressIP object alpha is serving it, this is undefined";
+    let undefined = "EgressIP object beta will not be configured for pod ns_p since another egressIP object alpha is serving it, this is undefined";
 
     // From scratch, whatever the input order.
     for egress_ips in [objects.to_vec(), objects.iter().rev().cloned().collect()] {
