@@ -84,13 +84,15 @@ impl Applier {
             select_link(&links, &addresses, *ip).map(|m| (m.link.index, m.link.name))
         });
         let mut problems: Vec<String> = problems.into_iter().map(|p| p.message).collect();
-        problems.extend(self.prerequisites(&d, &links));
+        problems.extend(self.prerequisites(&d));
         Ok((d, problems))
     }
 
     /// Unmet prerequisites: forwarding off, strict reverse-path filtering on links where replies
-    /// arrive on another link than the one the request's source is routed by.
-    fn prerequisites(&self, d: &Desired, links: &[Link]) -> Vec<String> {
+    /// arrive on another link than the one the request's source is routed by. Links that are
+    /// down need no check here: no egress IP is placed on them, and [`crate::desired::desired`]
+    /// reports each egress IP that no link that is up can hold.
+    fn prerequisites(&self, d: &Desired) -> Vec<String> {
         let mut problems = Vec::new();
         let mut families: BTreeSet<Family> = d.addresses.keys().map(Family::of).collect();
         families.extend(d.steering_tables.keys().map(|(_, f)| *f));
@@ -106,10 +108,7 @@ impl Applier {
                 ));
             }
         }
-        for ((index, family), name) in &d.link_tables {
-            if !links.iter().any(|l| l.index == *index && l.up) {
-                problems.push(format!("link {name} is down"));
-            }
+        for ((_, family), name) in &d.link_tables {
             if *family == Family::V4 {
                 let value = |iface: &str| {
                     sysctl::read(&sysctl::conf(Family::V4, iface, "rp_filter"))
