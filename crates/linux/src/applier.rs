@@ -1,10 +1,19 @@
 //! Diff-and-apply of a node plan in the current network namespace.
 //!
 //! The applier reads what exists, computes what the plan wants ([`crate::desired`]) and changes
-//! only the difference, in an order that never interrupts traffic that stays wanted: the tunnel,
-//! its neighbours and routes, addresses and rules first, then the nftables table (one transaction),
-//! and only then removals. Everything it removes carries our ownership tag (route protocol
-//! [`OWNER_PROTOCOL`], address protocol, the nft table), so nothing foreign is ever touched.
+//! only the difference, in an order that never interrupts traffic that stays wanted:
+//! 1. the tunnel device;
+//! 2. removal of the egress IP addresses we placed that the plan no longer puts here: a node that
+//!    comes back after its egress IPs were taken over drops them before anything else;
+//! 3. the tunnel's neighbour and FDB entries and the steering tables;
+//! 4. the secondary-link tables;
+//! 5. new addresses;
+//! 6. new rules;
+//! 7. the nftables table (one transaction);
+//! 8. removal of the rules and tables no longer wanted.
+//!
+//! Everything it removes carries our ownership tag (route protocol [`OWNER_PROTOCOL`], address
+//! protocol, the nft table), so nothing foreign is ever touched.
 //! Starting against existing state adopts it: still-wanted objects are left as they are.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -127,7 +136,7 @@ impl Applier {
         problems
     }
 
-    /// Brings the kernel in line with the plan.
+    /// Brings the kernel in line with the plan, in the order of the module documentation.
     pub async fn apply(&mut self, plan: &NodePlan) -> Result<Report, ApplyError> {
         let (d, problems) = self.desired(plan).await?;
         let mut report = Report {
@@ -136,8 +145,22 @@ impl Applier {
             egress_ips: d.addresses.len(),
         };
 
-        // 1. The tunnel, its peers and the steering tables.
+        // 1. The tunnel.
         let tunnel = self.ensure_tunnel(&mut report).await?;
+
+        // 2. Addresses we placed that the plan no longer has here, before anything else: after a
+        // takeover the node that comes back gives up the egress IP before it adds or steers
+        // anything, so the IP answers on one node only.
+        let owned = self.nl.owned_addresses().await?;
+        let wanted_addresses = wanted_addresses(&d, tunnel.as_ref());
+        for address in &owned {
+            if wanted_addresses.get(&address.ip()) != Some(&address.index) {
+                self.nl.delete_owned_address(address).await?;
+                report.changes += 1;
+            }
+        }
+
+        // 3. The tunnel's peers and the steering tables.
         if let Some(tunnel) = &tunnel {
             self.sync_peers(tunnel, &d.tunnel_peers, &mut report)
                 .await?;
@@ -162,7 +185,7 @@ impl Applier {
             );
         }
 
-        // 2. Secondary-link tables: a copy of the link's main-table routes (seed 000).
+        // 4. Secondary-link tables: a copy of the link's main-table routes (seed 000).
         let links = self.nl.links().await?;
         for (index, family) in d.link_tables.keys() {
             if let Some(link) = links.iter().find(|l| l.index == *index) {
@@ -174,9 +197,7 @@ impl Applier {
             }
         }
 
-        // 3. Egress IP addresses, announced when placed (and the tunnel's own address).
-        let owned = self.nl.owned_addresses().await?;
-        let wanted_addresses = wanted_addresses(&d, tunnel.as_ref());
+        // 5. Egress IP addresses, announced when placed (and the tunnel's own address).
         for (ip, index) in &wanted_addresses {
             if owned.iter().any(|a| a.ip() == *ip && a.index == *index) {
                 continue;
@@ -197,7 +218,7 @@ impl Applier {
             report.changes += 1;
         }
 
-        // 4. Rules.
+        // 6. Rules.
         let rules = self.nl.rules_at(RULE_PRIORITY).await?;
         let wanted_rules: Vec<Rule> = d
             .rules
@@ -211,7 +232,7 @@ impl Applier {
             }
         }
 
-        // 5. nftables, one transaction.
+        // 7. nftables, one transaction.
         let current = match self.nft_state.take() {
             Some(state) => Some(state),
             None => self.nft.read().await?,
@@ -229,7 +250,7 @@ impl Applier {
         }
         self.nft_state = Some(d.nft.clone());
 
-        // 6. Removals: rules, tables, addresses we own and no longer want.
+        // 8. Removals: rules and tables we own and no longer want.
         for rule in rules.iter().filter(|r| r.is_owned()) {
             if !wanted_rules.contains(rule) {
                 self.nl.delete_rule(rule).await?;
@@ -242,12 +263,6 @@ impl Applier {
         for rule in rules.iter().filter(|r| r.is_owned()) {
             if !wanted_tables.contains(&(rule.family, rule.table)) {
                 report.changes += self.sync_table(rule.family, rule.table, &[]).await?;
-            }
-        }
-        for address in &owned {
-            if wanted_addresses.get(&address.ip()) != Some(&address.index) {
-                self.nl.delete_owned_address(address).await?;
-                report.changes += 1;
             }
         }
         Ok(report)
