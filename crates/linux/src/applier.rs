@@ -10,7 +10,7 @@
 //! 5. new addresses;
 //! 6. new rules;
 //! 7. the nftables table (one transaction);
-//! 8. removal of the rules and tables no longer wanted.
+//! 8. removal of the rules no longer wanted, each after the table it selects has been emptied.
 //!
 //! Everything it removes carries our ownership tag (route protocol [`OWNER_PROTOCOL`], address
 //! protocol, the nft table), so nothing foreign is ever touched.
@@ -250,19 +250,13 @@ impl Applier {
         }
         self.nft_state = Some(d.nft.clone());
 
-        // 8. Removals: rules and tables we own and no longer want.
-        for rule in rules.iter().filter(|r| r.is_owned()) {
-            if !wanted_rules.contains(rule) {
-                self.nl.delete_rule(rule).await?;
-                report.changes += 1;
-            }
-        }
+        // 8. Removals: the rules we own and no longer want, each after the table it selects.
         let mut wanted_tables: BTreeSet<(Family, u32)> =
             d.steering_tables.keys().map(|(m, f)| (*f, *m)).collect();
         wanted_tables.extend(d.link_tables.keys().map(|(i, f)| (*f, 1000 + i)));
         for rule in rules.iter().filter(|r| r.is_owned()) {
-            if !wanted_tables.contains(&(rule.family, rule.table)) {
-                report.changes += self.sync_table(rule.family, rule.table, &[]).await?;
+            if !wanted_rules.contains(rule) {
+                report.changes += self.remove_rule(rule, &wanted_tables).await?;
             }
         }
         Ok(report)
@@ -371,8 +365,7 @@ impl Applier {
         self.nft_state = None;
         for rule in self.nl.rules_at(RULE_PRIORITY).await? {
             if rule.is_owned() {
-                self.sync_table(rule.family, rule.table, &[]).await?;
-                self.nl.delete_rule(&rule).await?;
+                self.remove_rule(&rule, &BTreeSet::new()).await?;
             }
         }
         for address in self.nl.owned_addresses().await? {
@@ -382,6 +375,34 @@ impl Applier {
             self.nl.delete_link(&tunnel).await?;
         }
         Ok(())
+    }
+
+    /// Deletes one of our rules, emptying the table it selects first unless `keep` holds that
+    /// table (another rule still selects it); returns the number of changes.
+    ///
+    /// The table is emptied first so that an interruption at any point (a crash, a failed
+    /// request) leaves nothing that misroutes packets and nothing the next run cannot find:
+    /// - no packet carries the rule's mark any more: [`Applier::apply`] removes the mark from
+    ///   nftables before it removes rules, [`Applier::remove_all`] deletes the nftables table
+    ///   first;
+    /// - interrupted while the table is emptied, or right after: the rule still selects a table
+    ///   that holds some of its routes or none. A lookup that finds no route there goes on with
+    ///   the next rule (the main table), exactly as without the rule; nothing is blackholed.
+    ///   The rule is ours and stale, so the next run finds it, empties the rest and deletes it;
+    /// - the other order (rule first) is just as harmless for packets, but interrupted after the
+    ///   rule it leaves the table's routes where no later run looks: our tables are found only
+    ///   through our rules.
+    async fn remove_rule(
+        &self,
+        rule: &Rule,
+        keep: &BTreeSet<(Family, u32)>,
+    ) -> Result<usize, ApplyError> {
+        let mut changes = 0;
+        if !keep.contains(&(rule.family, rule.table)) {
+            changes += self.sync_table(rule.family, rule.table, &[]).await?;
+        }
+        self.nl.delete_rule(rule).await?;
+        Ok(changes + 1)
     }
 
     async fn ensure_tunnel(&self, report: &mut Report) -> Result<Option<Link>, ApplyError> {

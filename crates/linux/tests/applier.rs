@@ -235,9 +235,10 @@ fn position(events: &[Event], event: &Event) -> usize {
         .unwrap_or_else(|| panic!("no {event:?} in {events:#?}"))
 }
 
-/// The node that loses an egress IP drops it before it changes anything else.
+/// The node that loses an egress IP drops it before it changes anything else, and a table it no
+/// longer wants is emptied before the rule that selects it goes.
 #[test]
-fn takeover_drops_the_address_first() {
+fn takeover_drops_the_address_first_and_empties_tables_before_their_rules() {
     require_root!();
     let tb = testbed();
     netns::run_in(&node_ns(&tb), || async {
@@ -274,6 +275,11 @@ fn takeover_drops_the_address_first() {
                 "{later:?} before the address went: {events:#?}"
             );
         }
+        assert!(
+            position(&events, &Event::RouteRemoved(STEERED_MARK))
+                < position(&events, &Event::RuleRemoved(STEERED_MARK)),
+            "the rule went before its table was empty: {events:#?}"
+        );
         assert!(
             !events.contains(&Event::AddressAdded(EGRESS_IP.into())),
             "{events:#?}"
