@@ -26,7 +26,8 @@ use crate::desired::{
     tunnel_mac,
 };
 use crate::netlink::{
-    self, Link, Mac, Netlink, OWNER_PROTOCOL, Route, Rule, VxlanSpec, select_link, sysctl,
+    self, FdbEntry, Link, Mac, Neighbour, Netlink, OWNER_PROTOCOL, Route, Rule, VxlanSpec,
+    select_link, sysctl,
 };
 use crate::nft::{Nft, NftState};
 
@@ -72,6 +73,52 @@ fn wanted_addresses(d: &Desired, tunnel: Option<&Link>) -> BTreeMap<IpAddr, u32>
 
 fn mac_of(ip: &IpAddr) -> Mac {
     Mac(tunnel_mac(ip))
+}
+
+/// How the tunnel's neighbour and FDB entries differ from what its peers need.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct PeerDiff {
+    /// Peers without a neighbour entry that maps them to their tunnel MAC.
+    missing_neighbours: Vec<IpAddr>,
+    /// Peers without an FDB entry that sends their tunnel MAC to their address.
+    missing_fdb: Vec<IpAddr>,
+    /// Neighbour entries we wrote for addresses that are no peer.
+    stale_neighbours: Vec<IpAddr>,
+    /// FDB entries of the device (MAC, destination) that no peer needs; the all-zero MAC (the
+    /// default destination) is never one of them.
+    stale_fdb: Vec<(Mac, IpAddr)>,
+}
+
+/// Compares the tunnel's neighbour and FDB entries with `peers`: each peer needs a neighbour entry
+/// (its address → its tunnel MAC) and an FDB entry (that MAC → its address).
+fn peer_diff(peers: &BTreeSet<IpAddr>, neighbours: &[Neighbour], fdb: &[FdbEntry]) -> PeerDiff {
+    let mut diff = PeerDiff::default();
+    for peer in peers {
+        let mac = mac_of(peer);
+        if !neighbours
+            .iter()
+            .any(|n| n.ip == *peer && n.mac == Some(mac))
+        {
+            diff.missing_neighbours.push(*peer);
+        }
+        if !fdb.iter().any(|f| f.mac == mac && f.dst == Some(*peer)) {
+            diff.missing_fdb.push(*peer);
+        }
+    }
+    for n in neighbours {
+        if n.protocol == Some(OWNER_PROTOCOL) && !peers.contains(&n.ip) {
+            diff.stale_neighbours.push(n.ip);
+        }
+    }
+    let wanted_macs: BTreeMap<Mac, IpAddr> = peers.iter().map(|p| (mac_of(p), *p)).collect();
+    for f in fdb.iter().filter(|f| f.own && !f.mac.is_zero()) {
+        if let Some(dst) = f.dst
+            && wanted_macs.get(&f.mac) != Some(&dst)
+        {
+            diff.stale_fdb.push((f.mac, dst));
+        }
+    }
+    diff
 }
 
 impl Applier {
@@ -262,7 +309,9 @@ impl Applier {
         Ok(report)
     }
 
-    /// The differences between the kernel and the plan (empty when they match).
+    /// The differences between the kernel and the plan (empty when they match): addresses, the
+    /// tunnel device and its neighbour and FDB entries, rules, steering and secondary-link
+    /// tables, the nftables table.
     pub async fn verify(&mut self, plan: &NodePlan) -> Result<Vec<String>, ApplyError> {
         let (d, _) = self.desired(plan).await?;
         let mut diffs = Vec::new();
@@ -278,6 +327,37 @@ impl Applier {
             if wanted_addresses.get(&a.ip()) != Some(&a.index) {
                 diffs.push(format!("stale egress IP {} on link #{}", a.ip(), a.index));
             }
+        }
+        match &tunnel {
+            Some(tunnel) => {
+                let neighbours = self.nl.neighbours(tunnel).await?;
+                let fdb = self.nl.fdb(tunnel).await?;
+                let peers = peer_diff(&d.tunnel_peers, &neighbours, &fdb);
+                for peer in &peers.missing_neighbours {
+                    diffs.push(format!(
+                        "no neighbour entry {peer} lladdr {} on {TUNNEL_DEVICE}",
+                        mac_of(peer)
+                    ));
+                }
+                for peer in &peers.missing_fdb {
+                    diffs.push(format!(
+                        "no FDB entry {} dst {peer} on {TUNNEL_DEVICE}",
+                        mac_of(peer)
+                    ));
+                }
+                for ip in &peers.stale_neighbours {
+                    diffs.push(format!("stale neighbour entry {ip} on {TUNNEL_DEVICE}"));
+                }
+                for (mac, dst) in &peers.stale_fdb {
+                    diffs.push(format!(
+                        "stale FDB entry {mac} dst {dst} on {TUNNEL_DEVICE}"
+                    ));
+                }
+            }
+            None if self.tunnel_local.is_some() => {
+                diffs.push(format!("tunnel device {TUNNEL_DEVICE} is missing"));
+            }
+            None => {}
         }
         let rules = self.nl.rules_at(RULE_PRIORITY).await?;
         let wanted_rules: Vec<Rule> = d
@@ -448,34 +528,24 @@ impl Applier {
     ) -> Result<(), ApplyError> {
         let neighbours = self.nl.neighbours(tunnel).await?;
         let fdb = self.nl.fdb(tunnel).await?;
-        for peer in peers {
-            let mac = mac_of(peer);
-            if !neighbours
-                .iter()
-                .any(|n| n.ip == *peer && n.mac == Some(mac))
-            {
-                self.nl.replace_neighbour(tunnel, *peer, mac).await?;
-                report.changes += 1;
-            }
-            if !fdb.iter().any(|f| f.mac == mac && f.dst == Some(*peer)) {
-                self.nl.replace_fdb(tunnel, mac, *peer).await?;
-                report.changes += 1;
-            }
+        let diff = peer_diff(peers, &neighbours, &fdb);
+        for peer in &diff.missing_neighbours {
+            self.nl
+                .replace_neighbour(tunnel, *peer, mac_of(peer))
+                .await?;
+            report.changes += 1;
         }
-        let wanted_macs: BTreeMap<Mac, IpAddr> = peers.iter().map(|p| (mac_of(p), *p)).collect();
-        for n in &neighbours {
-            if n.protocol == Some(OWNER_PROTOCOL) && !peers.contains(&n.ip) {
-                self.nl.delete_neighbour(tunnel, n.ip).await?;
-                report.changes += 1;
-            }
+        for peer in &diff.missing_fdb {
+            self.nl.replace_fdb(tunnel, mac_of(peer), *peer).await?;
+            report.changes += 1;
         }
-        for f in fdb.iter().filter(|f| f.own && !f.mac.is_zero()) {
-            if let Some(dst) = f.dst
-                && wanted_macs.get(&f.mac) != Some(&dst)
-            {
-                self.nl.delete_fdb(tunnel, f.mac, dst).await?;
-                report.changes += 1;
-            }
+        for ip in &diff.stale_neighbours {
+            self.nl.delete_neighbour(tunnel, *ip).await?;
+            report.changes += 1;
+        }
+        for (mac, dst) in &diff.stale_fdb {
+            self.nl.delete_fdb(tunnel, *mac, *dst).await?;
+            report.changes += 1;
         }
         Ok(())
     }
@@ -489,5 +559,75 @@ impl Applier {
     ) -> Result<usize, ApplyError> {
         let sync = self.nl.sync_table(family, table, wanted.to_vec()).await?;
         Ok(sync.written + sync.deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netlink::NeighbourState;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn neighbour(address: &str, mac: Mac, protocol: Option<u8>) -> Neighbour {
+        Neighbour {
+            index: 7,
+            ip: ip(address),
+            mac: Some(mac),
+            state: NeighbourState::Permanent,
+            protocol,
+        }
+    }
+
+    fn fdb(mac: Mac, dst: &str) -> FdbEntry {
+        FdbEntry {
+            index: 7,
+            mac,
+            dst: Some(ip(dst)),
+            permanent: true,
+            own: true,
+        }
+    }
+
+    #[test]
+    fn peer_diff_finds_missing_and_stale_entries() {
+        let (a, b, gone) = (ip("192.0.2.3"), ip("192.0.2.4"), ip("192.0.2.9"));
+        let peers: BTreeSet<IpAddr> = [a, b].into();
+        let neighbours = vec![
+            neighbour("192.0.2.3", mac_of(&a), Some(OWNER_PROTOCOL)),
+            // b's entry points at another MAC: missing.
+            neighbour("192.0.2.4", mac_of(&gone), Some(OWNER_PROTOCOL)),
+            neighbour("192.0.2.9", mac_of(&gone), Some(OWNER_PROTOCOL)),
+            // Not ours: left alone.
+            neighbour("192.0.2.50", Mac([2, 0, 0, 0, 0, 1]), None),
+        ];
+        let fdb = vec![
+            fdb(mac_of(&b), "192.0.2.4"),
+            // a's MAC sent elsewhere: missing, and stale.
+            fdb(mac_of(&a), "192.0.2.9"),
+            // The default destination is never stale.
+            fdb(Mac::default(), "192.0.2.9"),
+        ];
+        assert_eq!(
+            peer_diff(&peers, &neighbours, &fdb),
+            PeerDiff {
+                missing_neighbours: vec![b],
+                missing_fdb: vec![a],
+                stale_neighbours: vec![gone],
+                stale_fdb: vec![(mac_of(&a), gone)],
+            }
+        );
+    }
+
+    #[test]
+    fn peer_diff_is_empty_when_every_peer_has_its_entries() {
+        let a = ip("2001:db8::3");
+        let peers: BTreeSet<IpAddr> = [a].into();
+        let neighbours = vec![neighbour("2001:db8::3", mac_of(&a), Some(OWNER_PROTOCOL))];
+        let fdb = vec![fdb(mac_of(&a), "2001:db8::3")];
+        assert_eq!(peer_diff(&peers, &neighbours, &fdb), PeerDiff::default());
+        assert_eq!(peer_diff(&BTreeSet::new(), &[], &[]), PeerDiff::default());
     }
 }

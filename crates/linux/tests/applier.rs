@@ -17,8 +17,8 @@ use kube_egress_engine::{
     SubnetKind,
 };
 use kube_egress_linux::applier::Applier;
-use kube_egress_linux::desired::TUNNEL_DEVICE;
-use kube_egress_linux::netlink::Netlink;
+use kube_egress_linux::desired::{TUNNEL_DEVICE, tunnel_mac};
+use kube_egress_linux::netlink::{Mac, Netlink};
 use kube_egress_linux::netns;
 use kube_egress_linux::nft::Nft;
 use kube_egress_testbed::{NodeSpec, Testbed, TestbedBuilder, is_root};
@@ -146,6 +146,10 @@ fn run(argv: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).expect("UTF-8 output")
+}
+
+fn mac(ip: Ipv4Addr) -> String {
+    Mac(tunnel_mac(&ip.into())).to_string()
 }
 
 /// One notification, reduced to what the ordering checks need.
@@ -293,6 +297,117 @@ fn takeover_drops_the_address_first_and_empties_tables_before_their_rules() {
         applier.remove_all().await.unwrap();
         assert_eq!(run(&["ip", "-4", "rule", "show", "priority", "6000"]), "");
         assert_eq!(run(&["ip", "-4", "route", "show", "table", "50000"]), "");
+    })
+    .unwrap();
+}
+
+/// `verify` compares the tunnel's neighbour and FDB entries with the tunnel peers: a missing or
+/// stale entry is a difference, and the next apply repairs it.
+#[test]
+fn verify_reports_missing_and_stale_tunnel_peer_entries() {
+    require_root!();
+    let tb = testbed();
+    netns::run_in(&node_ns(&tb), || async {
+        let mut applier = applier();
+        let plan = plan_a();
+        let repaired = |diffs: Vec<String>| {
+            assert_eq!(diffs, Vec::<String>::new());
+        };
+        applier.apply(&plan).await.unwrap();
+        repaired(applier.verify(&plan).await.unwrap());
+        let (peer, peer_mac) = (PEER.to_string(), mac(PEER));
+
+        run(&["ip", "neigh", "del", &peer, "dev", TUNNEL_DEVICE]);
+        assert_eq!(
+            applier.verify(&plan).await.unwrap(),
+            [format!(
+                "no neighbour entry {peer} lladdr {peer_mac} on {TUNNEL_DEVICE}"
+            )]
+        );
+        assert!(applier.apply(&plan).await.unwrap().changes >= 1);
+        repaired(applier.verify(&plan).await.unwrap());
+
+        run(&[
+            "bridge",
+            "fdb",
+            "del",
+            &peer_mac,
+            "dev",
+            TUNNEL_DEVICE,
+            "dst",
+            &peer,
+        ]);
+        assert_eq!(
+            applier.verify(&plan).await.unwrap(),
+            [format!(
+                "no FDB entry {peer_mac} dst {peer} on {TUNNEL_DEVICE}"
+            )]
+        );
+        assert!(applier.apply(&plan).await.unwrap().changes >= 1);
+        repaired(applier.verify(&plan).await.unwrap());
+
+        // Entries we wrote for a node that is no peer (any more) are stale; foreign ones are not
+        // ours to judge.
+        let gone = NEW_OWNER.to_string();
+        let gone_mac = mac(NEW_OWNER);
+        run(&[
+            "ip",
+            "neigh",
+            "add",
+            &gone,
+            "lladdr",
+            &gone_mac,
+            "dev",
+            TUNNEL_DEVICE,
+            "nud",
+            "permanent",
+            "protocol",
+            "238",
+        ]);
+        run(&[
+            "ip",
+            "neigh",
+            "add",
+            "192.168.126.99",
+            "lladdr",
+            "02:00:00:00:00:99",
+            "dev",
+            TUNNEL_DEVICE,
+            "nud",
+            "permanent",
+        ]);
+        run(&[
+            "bridge",
+            "fdb",
+            "append",
+            &gone_mac,
+            "dev",
+            TUNNEL_DEVICE,
+            "dst",
+            &gone,
+            "self",
+            "permanent",
+        ]);
+        assert_eq!(
+            applier.verify(&plan).await.unwrap(),
+            [
+                format!("stale neighbour entry {gone} on {TUNNEL_DEVICE}"),
+                format!("stale FDB entry {gone_mac} dst {gone} on {TUNNEL_DEVICE}"),
+            ]
+        );
+        applier.apply(&plan).await.unwrap();
+        repaired(applier.verify(&plan).await.unwrap());
+        assert!(run(&["ip", "neigh", "show", "dev", TUNNEL_DEVICE]).contains("192.168.126.99"));
+
+        // Without the tunnel device, no peer entry can be there.
+        run(&["ip", "link", "del", TUNNEL_DEVICE]);
+        let diffs = applier.verify(&plan).await.unwrap();
+        assert!(
+            diffs.contains(&format!("tunnel device {TUNNEL_DEVICE} is missing")),
+            "{diffs:?}"
+        );
+        applier.apply(&plan).await.unwrap();
+        repaired(applier.verify(&plan).await.unwrap());
     })
     .unwrap();
 }
