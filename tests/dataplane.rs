@@ -933,6 +933,55 @@ fn once_fails_clearly_when_the_node_is_unknown_or_the_plan_cannot_be_carried_out
     );
 }
 
+/// `--once` names unmet prerequisites of the node in its own words and fails: forwarding off,
+/// and strict reverse-path filtering on the secondary link that carries an egress IP. Once the
+/// sysctls are back, it succeeds. The sysctls belong to node1's namespace only.
+#[test]
+fn once_names_forwarding_off_and_strict_reverse_path_filtering() {
+    let Some(lab) = Lab::new() else { return };
+    let node1 = lab.ns("node1");
+    let sysctl = |key: &str| lab.run(node1, &["sysctl", "-n", key]).trim().to_string();
+    let set = |key: &str, value: &str| {
+        lab.run(node1, &["sysctl", "-q", "-w", &format!("{key}={value}")]);
+    };
+    // The kernel filters with the larger of `all` and the link's value, and the lab sets `all`
+    // to 2 (loose): eth1 alone at 1 would still be loose.
+    let keys = [
+        ("net.ipv4.ip_forward", "0"),
+        ("net.ipv4.conf.all.rp_filter", "0"),
+        ("net.ipv4.conf.eth1.rp_filter", "1"),
+    ];
+    let before: Vec<(&str, String)> = keys.iter().map(|(key, _)| (*key, sysctl(key))).collect();
+    for (key, value) in keys {
+        set(key, value);
+    }
+
+    let out = lab.once_as("node1", "node1");
+    let log = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains(
+            "problem: V4 forwarding is off on this node: steered and served traffic is dropped \
+             (set net.ipv4.ip_forward=1)"
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains(
+            "problem: strict reverse-path filtering on eth1: replies to egress IPs on this \
+             secondary link are dropped (set net.ipv4.conf.eth1.rp_filter=2)"
+        ),
+        "{log}"
+    );
+    assert!(log.contains("cannot be carried out"), "{log}");
+    assert!(!log.contains("kernel matches"), "{log}");
+
+    for (key, value) in &before {
+        set(key, value);
+    }
+    lab.once_ok("node1");
+}
+
 /// A running agent follows its manifest directory: the EgressIP appears, then goes away.
 #[test]
 fn running_agents_follow_manifest_changes() {

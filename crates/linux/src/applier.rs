@@ -1,10 +1,19 @@
 //! Diff-and-apply of a node plan in the current network namespace.
 //!
 //! The applier reads what exists, computes what the plan wants ([`crate::desired`]) and changes
-//! only the difference, in an order that never interrupts traffic that stays wanted: the tunnel,
-//! its neighbours and routes, addresses and rules first, then the nftables table (one transaction),
-//! and only then removals. Everything it removes carries our ownership tag (route protocol
-//! [`OWNER_PROTOCOL`], address protocol, the nft table), so nothing foreign is ever touched.
+//! only the difference, in an order that never interrupts traffic that stays wanted:
+//! 1. the tunnel device;
+//! 2. removal of the egress IP addresses we placed that the plan no longer puts here: a node that
+//!    comes back after its egress IPs were taken over drops them before anything else;
+//! 3. the tunnel's neighbour and FDB entries and the steering tables;
+//! 4. the secondary-link tables;
+//! 5. new addresses;
+//! 6. new rules;
+//! 7. the nftables table (one transaction);
+//! 8. removal of the rules no longer wanted, each after the table it selects has been emptied.
+//!
+//! Everything it removes carries our ownership tag (route protocol [`OWNER_PROTOCOL`], address
+//! protocol, the nft table), so nothing foreign is ever touched.
 //! Starting against existing state adopts it: still-wanted objects are left as they are.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,7 +26,8 @@ use crate::desired::{
     tunnel_mac,
 };
 use crate::netlink::{
-    self, Link, Mac, Netlink, OWNER_PROTOCOL, Route, Rule, VxlanSpec, select_link, sysctl,
+    self, FdbEntry, Link, Mac, Neighbour, Netlink, OWNER_PROTOCOL, Route, Rule, VxlanSpec,
+    select_link, sysctl,
 };
 use crate::nft::{Nft, NftState};
 
@@ -65,6 +75,52 @@ fn mac_of(ip: &IpAddr) -> Mac {
     Mac(tunnel_mac(ip))
 }
 
+/// How the tunnel's neighbour and FDB entries differ from what its peers need.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct PeerDiff {
+    /// Peers without a neighbour entry that maps them to their tunnel MAC.
+    missing_neighbours: Vec<IpAddr>,
+    /// Peers without an FDB entry that sends their tunnel MAC to their address.
+    missing_fdb: Vec<IpAddr>,
+    /// Neighbour entries we wrote for addresses that are no peer.
+    stale_neighbours: Vec<IpAddr>,
+    /// FDB entries of the device (MAC, destination) that no peer needs; the all-zero MAC (the
+    /// default destination) is never one of them.
+    stale_fdb: Vec<(Mac, IpAddr)>,
+}
+
+/// Compares the tunnel's neighbour and FDB entries with `peers`: each peer needs a neighbour entry
+/// (its address → its tunnel MAC) and an FDB entry (that MAC → its address).
+fn peer_diff(peers: &BTreeSet<IpAddr>, neighbours: &[Neighbour], fdb: &[FdbEntry]) -> PeerDiff {
+    let mut diff = PeerDiff::default();
+    for peer in peers {
+        let mac = mac_of(peer);
+        if !neighbours
+            .iter()
+            .any(|n| n.ip == *peer && n.mac == Some(mac))
+        {
+            diff.missing_neighbours.push(*peer);
+        }
+        if !fdb.iter().any(|f| f.mac == mac && f.dst == Some(*peer)) {
+            diff.missing_fdb.push(*peer);
+        }
+    }
+    for n in neighbours {
+        if n.protocol == Some(OWNER_PROTOCOL) && !peers.contains(&n.ip) {
+            diff.stale_neighbours.push(n.ip);
+        }
+    }
+    let wanted_macs: BTreeMap<Mac, IpAddr> = peers.iter().map(|p| (mac_of(p), *p)).collect();
+    for f in fdb.iter().filter(|f| f.own && !f.mac.is_zero()) {
+        if let Some(dst) = f.dst
+            && wanted_macs.get(&f.mac) != Some(&dst)
+        {
+            diff.stale_fdb.push((f.mac, dst));
+        }
+    }
+    diff
+}
+
 impl Applier {
     /// `nft` must run in the same namespace as the calling thread (see [`Nft::in_netns`]).
     pub fn new(nl: Netlink, nft: Nft, tunnel_local: Option<IpAddr>) -> Applier {
@@ -84,13 +140,15 @@ impl Applier {
             select_link(&links, &addresses, *ip).map(|m| (m.link.index, m.link.name))
         });
         let mut problems: Vec<String> = problems.into_iter().map(|p| p.message).collect();
-        problems.extend(self.prerequisites(&d, &links));
+        problems.extend(self.prerequisites(&d));
         Ok((d, problems))
     }
 
     /// Unmet prerequisites: forwarding off, strict reverse-path filtering on links where replies
-    /// arrive on another link than the one the request's source is routed by.
-    fn prerequisites(&self, d: &Desired, links: &[Link]) -> Vec<String> {
+    /// arrive on another link than the one the request's source is routed by. Links that are
+    /// down need no check here: no egress IP is placed on them, and [`crate::desired::desired`]
+    /// reports each egress IP that no link that is up can hold.
+    fn prerequisites(&self, d: &Desired) -> Vec<String> {
         let mut problems = Vec::new();
         let mut families: BTreeSet<Family> = d.addresses.keys().map(Family::of).collect();
         families.extend(d.steering_tables.keys().map(|(_, f)| *f));
@@ -106,10 +164,7 @@ impl Applier {
                 ));
             }
         }
-        for ((index, family), name) in &d.link_tables {
-            if !links.iter().any(|l| l.index == *index && l.up) {
-                problems.push(format!("link {name} is down"));
-            }
+        for ((_, family), name) in &d.link_tables {
             if *family == Family::V4 {
                 let value = |iface: &str| {
                     sysctl::read(&sysctl::conf(Family::V4, iface, "rp_filter"))
@@ -128,7 +183,7 @@ impl Applier {
         problems
     }
 
-    /// Brings the kernel in line with the plan.
+    /// Brings the kernel in line with the plan, in the order of the module documentation.
     pub async fn apply(&mut self, plan: &NodePlan) -> Result<Report, ApplyError> {
         let (d, problems) = self.desired(plan).await?;
         let mut report = Report {
@@ -137,8 +192,22 @@ impl Applier {
             egress_ips: d.addresses.len(),
         };
 
-        // 1. The tunnel, its peers and the steering tables.
+        // 1. The tunnel.
         let tunnel = self.ensure_tunnel(&mut report).await?;
+
+        // 2. Addresses we placed that the plan no longer has here, before anything else: after a
+        // takeover the node that comes back gives up the egress IP before it adds or steers
+        // anything, so the IP answers on one node only.
+        let owned = self.nl.owned_addresses().await?;
+        let wanted_addresses = wanted_addresses(&d, tunnel.as_ref());
+        for address in &owned {
+            if wanted_addresses.get(&address.ip()) != Some(&address.index) {
+                self.nl.delete_owned_address(address).await?;
+                report.changes += 1;
+            }
+        }
+
+        // 3. The tunnel's peers and the steering tables.
         if let Some(tunnel) = &tunnel {
             self.sync_peers(tunnel, &d.tunnel_peers, &mut report)
                 .await?;
@@ -163,7 +232,7 @@ impl Applier {
             );
         }
 
-        // 2. Secondary-link tables: a copy of the link's main-table routes (seed 000).
+        // 4. Secondary-link tables: a copy of the link's main-table routes (seed 000).
         let links = self.nl.links().await?;
         for (index, family) in d.link_tables.keys() {
             if let Some(link) = links.iter().find(|l| l.index == *index) {
@@ -175,9 +244,7 @@ impl Applier {
             }
         }
 
-        // 3. Egress IP addresses, announced when placed (and the tunnel's own address).
-        let owned = self.nl.owned_addresses().await?;
-        let wanted_addresses = wanted_addresses(&d, tunnel.as_ref());
+        // 5. Egress IP addresses, announced when placed (and the tunnel's own address).
         for (ip, index) in &wanted_addresses {
             if owned.iter().any(|a| a.ip() == *ip && a.index == *index) {
                 continue;
@@ -198,7 +265,7 @@ impl Applier {
             report.changes += 1;
         }
 
-        // 4. Rules.
+        // 6. Rules.
         let rules = self.nl.rules_at(RULE_PRIORITY).await?;
         let wanted_rules: Vec<Rule> = d
             .rules
@@ -212,7 +279,7 @@ impl Applier {
             }
         }
 
-        // 5. nftables, one transaction.
+        // 7. nftables, one transaction.
         let current = match self.nft_state.take() {
             Some(state) => Some(state),
             None => self.nft.read().await?,
@@ -230,31 +297,21 @@ impl Applier {
         }
         self.nft_state = Some(d.nft.clone());
 
-        // 6. Removals: rules, tables, addresses we own and no longer want.
-        for rule in rules.iter().filter(|r| r.is_owned()) {
-            if !wanted_rules.contains(rule) {
-                self.nl.delete_rule(rule).await?;
-                report.changes += 1;
-            }
-        }
+        // 8. Removals: the rules we own and no longer want, each after the table it selects.
         let mut wanted_tables: BTreeSet<(Family, u32)> =
             d.steering_tables.keys().map(|(m, f)| (*f, *m)).collect();
         wanted_tables.extend(d.link_tables.keys().map(|(i, f)| (*f, 1000 + i)));
         for rule in rules.iter().filter(|r| r.is_owned()) {
-            if !wanted_tables.contains(&(rule.family, rule.table)) {
-                report.changes += self.sync_table(rule.family, rule.table, &[]).await?;
-            }
-        }
-        for address in &owned {
-            if wanted_addresses.get(&address.ip()) != Some(&address.index) {
-                self.nl.delete_owned_address(address).await?;
-                report.changes += 1;
+            if !wanted_rules.contains(rule) {
+                report.changes += self.remove_rule(rule, &wanted_tables).await?;
             }
         }
         Ok(report)
     }
 
-    /// The differences between the kernel and the plan (empty when they match).
+    /// The differences between the kernel and the plan (empty when they match): addresses, the
+    /// tunnel device and its neighbour and FDB entries, rules, steering and secondary-link
+    /// tables, the nftables table.
     pub async fn verify(&mut self, plan: &NodePlan) -> Result<Vec<String>, ApplyError> {
         let (d, _) = self.desired(plan).await?;
         let mut diffs = Vec::new();
@@ -270,6 +327,37 @@ impl Applier {
             if wanted_addresses.get(&a.ip()) != Some(&a.index) {
                 diffs.push(format!("stale egress IP {} on link #{}", a.ip(), a.index));
             }
+        }
+        match &tunnel {
+            Some(tunnel) => {
+                let neighbours = self.nl.neighbours(tunnel).await?;
+                let fdb = self.nl.fdb(tunnel).await?;
+                let peers = peer_diff(&d.tunnel_peers, &neighbours, &fdb);
+                for peer in &peers.missing_neighbours {
+                    diffs.push(format!(
+                        "no neighbour entry {peer} lladdr {} on {TUNNEL_DEVICE}",
+                        mac_of(peer)
+                    ));
+                }
+                for peer in &peers.missing_fdb {
+                    diffs.push(format!(
+                        "no FDB entry {} dst {peer} on {TUNNEL_DEVICE}",
+                        mac_of(peer)
+                    ));
+                }
+                for ip in &peers.stale_neighbours {
+                    diffs.push(format!("stale neighbour entry {ip} on {TUNNEL_DEVICE}"));
+                }
+                for (mac, dst) in &peers.stale_fdb {
+                    diffs.push(format!(
+                        "stale FDB entry {mac} dst {dst} on {TUNNEL_DEVICE}"
+                    ));
+                }
+            }
+            None if self.tunnel_local.is_some() => {
+                diffs.push(format!("tunnel device {TUNNEL_DEVICE} is missing"));
+            }
+            None => {}
         }
         let rules = self.nl.rules_at(RULE_PRIORITY).await?;
         let wanted_rules: Vec<Rule> = d
@@ -357,8 +445,7 @@ impl Applier {
         self.nft_state = None;
         for rule in self.nl.rules_at(RULE_PRIORITY).await? {
             if rule.is_owned() {
-                self.sync_table(rule.family, rule.table, &[]).await?;
-                self.nl.delete_rule(&rule).await?;
+                self.remove_rule(&rule, &BTreeSet::new()).await?;
             }
         }
         for address in self.nl.owned_addresses().await? {
@@ -368,6 +455,34 @@ impl Applier {
             self.nl.delete_link(&tunnel).await?;
         }
         Ok(())
+    }
+
+    /// Deletes one of our rules, emptying the table it selects first unless `keep` holds that
+    /// table (another rule still selects it); returns the number of changes.
+    ///
+    /// The table is emptied first so that an interruption at any point (a crash, a failed
+    /// request) leaves nothing that misroutes packets and nothing the next run cannot find:
+    /// - no packet carries the rule's mark any more: [`Applier::apply`] removes the mark from
+    ///   nftables before it removes rules, [`Applier::remove_all`] deletes the nftables table
+    ///   first;
+    /// - interrupted while the table is emptied, or right after: the rule still selects a table
+    ///   that holds some of its routes or none. A lookup that finds no route there goes on with
+    ///   the next rule (the main table), exactly as without the rule; nothing is blackholed.
+    ///   The rule is ours and stale, so the next run finds it, empties the rest and deletes it;
+    /// - the other order (rule first) is just as harmless for packets, but interrupted after the
+    ///   rule it leaves the table's routes where no later run looks: our tables are found only
+    ///   through our rules.
+    async fn remove_rule(
+        &self,
+        rule: &Rule,
+        keep: &BTreeSet<(Family, u32)>,
+    ) -> Result<usize, ApplyError> {
+        let mut changes = 0;
+        if !keep.contains(&(rule.family, rule.table)) {
+            changes += self.sync_table(rule.family, rule.table, &[]).await?;
+        }
+        self.nl.delete_rule(rule).await?;
+        Ok(changes + 1)
     }
 
     async fn ensure_tunnel(&self, report: &mut Report) -> Result<Option<Link>, ApplyError> {
@@ -413,34 +528,24 @@ impl Applier {
     ) -> Result<(), ApplyError> {
         let neighbours = self.nl.neighbours(tunnel).await?;
         let fdb = self.nl.fdb(tunnel).await?;
-        for peer in peers {
-            let mac = mac_of(peer);
-            if !neighbours
-                .iter()
-                .any(|n| n.ip == *peer && n.mac == Some(mac))
-            {
-                self.nl.replace_neighbour(tunnel, *peer, mac).await?;
-                report.changes += 1;
-            }
-            if !fdb.iter().any(|f| f.mac == mac && f.dst == Some(*peer)) {
-                self.nl.replace_fdb(tunnel, mac, *peer).await?;
-                report.changes += 1;
-            }
+        let diff = peer_diff(peers, &neighbours, &fdb);
+        for peer in &diff.missing_neighbours {
+            self.nl
+                .replace_neighbour(tunnel, *peer, mac_of(peer))
+                .await?;
+            report.changes += 1;
         }
-        let wanted_macs: BTreeMap<Mac, IpAddr> = peers.iter().map(|p| (mac_of(p), *p)).collect();
-        for n in &neighbours {
-            if n.protocol == Some(OWNER_PROTOCOL) && !peers.contains(&n.ip) {
-                self.nl.delete_neighbour(tunnel, n.ip).await?;
-                report.changes += 1;
-            }
+        for peer in &diff.missing_fdb {
+            self.nl.replace_fdb(tunnel, mac_of(peer), *peer).await?;
+            report.changes += 1;
         }
-        for f in fdb.iter().filter(|f| f.own && !f.mac.is_zero()) {
-            if let Some(dst) = f.dst
-                && wanted_macs.get(&f.mac) != Some(&dst)
-            {
-                self.nl.delete_fdb(tunnel, f.mac, dst).await?;
-                report.changes += 1;
-            }
+        for ip in &diff.stale_neighbours {
+            self.nl.delete_neighbour(tunnel, *ip).await?;
+            report.changes += 1;
+        }
+        for (mac, dst) in &diff.stale_fdb {
+            self.nl.delete_fdb(tunnel, *mac, *dst).await?;
+            report.changes += 1;
         }
         Ok(())
     }
@@ -454,5 +559,75 @@ impl Applier {
     ) -> Result<usize, ApplyError> {
         let sync = self.nl.sync_table(family, table, wanted.to_vec()).await?;
         Ok(sync.written + sync.deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netlink::NeighbourState;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn neighbour(address: &str, mac: Mac, protocol: Option<u8>) -> Neighbour {
+        Neighbour {
+            index: 7,
+            ip: ip(address),
+            mac: Some(mac),
+            state: NeighbourState::Permanent,
+            protocol,
+        }
+    }
+
+    fn fdb(mac: Mac, dst: &str) -> FdbEntry {
+        FdbEntry {
+            index: 7,
+            mac,
+            dst: Some(ip(dst)),
+            permanent: true,
+            own: true,
+        }
+    }
+
+    #[test]
+    fn peer_diff_finds_missing_and_stale_entries() {
+        let (a, b, gone) = (ip("192.0.2.3"), ip("192.0.2.4"), ip("192.0.2.9"));
+        let peers: BTreeSet<IpAddr> = [a, b].into();
+        let neighbours = vec![
+            neighbour("192.0.2.3", mac_of(&a), Some(OWNER_PROTOCOL)),
+            // b's entry points at another MAC: missing.
+            neighbour("192.0.2.4", mac_of(&gone), Some(OWNER_PROTOCOL)),
+            neighbour("192.0.2.9", mac_of(&gone), Some(OWNER_PROTOCOL)),
+            // Not ours: left alone.
+            neighbour("192.0.2.50", Mac([2, 0, 0, 0, 0, 1]), None),
+        ];
+        let fdb = vec![
+            fdb(mac_of(&b), "192.0.2.4"),
+            // a's MAC sent elsewhere: missing, and stale.
+            fdb(mac_of(&a), "192.0.2.9"),
+            // The default destination is never stale.
+            fdb(Mac::default(), "192.0.2.9"),
+        ];
+        assert_eq!(
+            peer_diff(&peers, &neighbours, &fdb),
+            PeerDiff {
+                missing_neighbours: vec![b],
+                missing_fdb: vec![a],
+                stale_neighbours: vec![gone],
+                stale_fdb: vec![(mac_of(&a), gone)],
+            }
+        );
+    }
+
+    #[test]
+    fn peer_diff_is_empty_when_every_peer_has_its_entries() {
+        let a = ip("2001:db8::3");
+        let peers: BTreeSet<IpAddr> = [a].into();
+        let neighbours = vec![neighbour("2001:db8::3", mac_of(&a), Some(OWNER_PROTOCOL))];
+        let fdb = vec![fdb(mac_of(&a), "2001:db8::3")];
+        assert_eq!(peer_diff(&peers, &neighbours, &fdb), PeerDiff::default());
+        assert_eq!(peer_diff(&BTreeSet::new(), &[], &[]), PeerDiff::default());
     }
 }
