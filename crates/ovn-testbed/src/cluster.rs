@@ -541,7 +541,24 @@ impl OvnCluster {
     /// Gives the fabric namespace an address on the Geneve underlay's bridge,
     /// [`FABRIC_UNDERLAY_IP`], so a process there (a prober) reaches every chassis's tunnel
     /// endpoint address across the bridge, like a host of the node network. Idempotent.
+    ///
+    /// Each chassis gets a host route to that address straight out of its underlay link `ul0`:
+    /// the userspace datapath's internal port `br-phy`, which holds the address, can lose its
+    /// carrier after `ul0` went down and up, and the chassis's replies would then be dropped
+    /// while the fabric's packets still arrive (the kernel also receives on `ul0`).
     pub fn attach_fabric_to_underlay(&self) -> Result<Ipv4Addr> {
+        for c in &self.chassis {
+            let routes = testbed::exec(&c.netns, &["ip", "-4", "route", "show", "dev", "ul0"])?;
+            if !routes.contains(&FABRIC_UNDERLAY_IP.to_string()) {
+                process::ip_batch(
+                    &c.netns,
+                    &[format!(
+                        "route add {FABRIC_UNDERLAY_IP}/32 dev ul0 src {}",
+                        c.node.encap_ip
+                    )],
+                )?;
+            }
+        }
         let shown = testbed::exec(
             &self.fabric,
             &["ip", "-o", "-4", "addr", "show", "dev", "br-ul"],
