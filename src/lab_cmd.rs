@@ -1,11 +1,13 @@
 //! `kube-egress lab`: builds a three-node cluster out of network namespaces, runs the real
 //! controller and agents on it, shows egress IPs working and failing over, and removes
 //! everything (see `kube_egress_lab::scenario`). `kube-egress lab down` removes a lab left up
-//! with `--keep`.
+//! with `--keep`. `--dataplane ovn` runs the same walkthrough on a mini OVN-Kubernetes cluster
+//! with the controller writing OVN Northbound rows (`kube_egress_lab::ovn_scenario`).
 //!
 //! Ctrl-C (SIGINT), SIGTERM and SIGHUP stop the scenario at its next step and remove the lab; a
 //! second signal, or a scenario that does not stop within [`INTERRUPT_GRACE`], removes the
-//! namespaces from a watchdog thread and exits at once.
+//! namespaces (and the OVN lab's central daemons and run directory) from a watchdog thread and
+//! exits at once.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -15,10 +17,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use kube_egress_lab::ovn_scenario::{OvnScenario, ovn_probe};
 use kube_egress_lab::scenario::{
     FailoverReport, KEPT_PREFIX, LabReport, Scenario, ScenarioError, ScenarioOptions, probe_text,
 };
 use kube_egress_probe::ReachabilityConfig;
+
+use crate::controller_cmd::Dataplane;
 
 /// How long an interrupted scenario may take to reach its next step before the watchdog removes
 /// the lab itself.
@@ -31,6 +36,12 @@ const EXIT_INTERRUPTED: u8 = 130;
 pub struct LabArgs {
     #[command(subcommand)]
     pub action: Option<LabAction>,
+    /// The data plane of the lab: `linux` (agents programming each node's routing, nftables and
+    /// addresses) or `ovn` (a mini OVN-Kubernetes cluster with real OVN daemons, the controller
+    /// writing Northbound rows, probing the nodes with gRPC on --egressip-node-healthcheck-port,
+    /// 9107 when 0; needs the OVN/OVS packages; no --keep).
+    #[arg(long, value_enum, default_value_t = Dataplane::Linux)]
+    pub dataplane: Dataplane,
     /// Print one JSON object (checks, before, after, statusItems, failover) instead of the text
     /// report; progress still goes to standard error.
     #[arg(long)]
@@ -39,7 +50,7 @@ pub struct LabArgs {
     #[arg(long, default_value_t = 5, value_name = "N")]
     pub failover_samples: usize,
     /// Leave the lab up afterwards (namespaces `kelab-*`, data plane as programmed, web servers
-    /// answering); remove it with `kube-egress lab down`.
+    /// answering); remove it with `kube-egress lab down`. Linux data plane only.
     #[arg(long)]
     pub keep: bool,
     /// The namespace prefix of a kept lab.
@@ -69,8 +80,20 @@ pub enum LabAction {
 
 /// Signals received so far.
 static SIGNALS: AtomicUsize = AtomicUsize::new(0);
-/// The namespace prefix of the lab being built, for the watchdog.
-static PREFIX: Mutex<Option<String>> = Mutex::new(None);
+/// What the watchdog removes: the lab's namespaces (with the processes in them) and, for the OVN
+/// lab, its central daemons and run directory.
+struct Leftovers {
+    prefix: String,
+    pids: Vec<u32>,
+    rundir: Option<std::path::PathBuf>,
+}
+
+/// The lab being built, for the watchdog.
+static LEFTOVERS: Mutex<Option<Leftovers>> = Mutex::new(None);
+
+fn set_leftovers(leftovers: Leftovers) {
+    *LEFTOVERS.lock().unwrap_or_else(|e| e.into_inner()) = Some(leftovers);
+}
 
 extern "C" fn on_signal(_: libc::c_int) {
     SIGNALS.fetch_add(1, Ordering::SeqCst);
@@ -100,9 +123,18 @@ fn install_signal_handlers() {
                 }
                 let first = *first.get_or_insert_with(Instant::now);
                 if n >= 2 || first.elapsed() > INTERRUPT_GRACE {
-                    let prefix = PREFIX.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                    if let Some(prefix) = prefix {
-                        let _ = kube_egress_testbed::remove_namespaces_with_prefix(&prefix);
+                    let leftovers = LEFTOVERS.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    if let Some(l) = leftovers {
+                        for pid in l.pids {
+                            // SAFETY: kill(2) on a daemon this process started and still owns.
+                            unsafe {
+                                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+                            }
+                        }
+                        let _ = kube_egress_testbed::remove_namespaces_with_prefix(&l.prefix);
+                        if let Some(dir) = l.rundir {
+                            let _ = std::fs::remove_dir_all(dir);
+                        }
                     }
                     eprintln!("kube-egress lab: removed the lab's namespaces; exiting");
                     std::process::exit(EXIT_INTERRUPTED.into());
@@ -141,6 +173,9 @@ fn check_prerequisites() -> Result<()> {
 }
 
 fn lab(args: &LabArgs) -> Result<u8> {
+    if args.dataplane == Dataplane::Ovn {
+        return lab_ovn(args);
+    }
     check_prerequisites()?;
     let probe = args.reachability.settings();
     let prefix = &args.prefix;
@@ -173,7 +208,11 @@ fn lab(args: &LabArgs) -> Result<u8> {
         Err(ScenarioError::Interrupted) => return Ok(EXIT_INTERRUPTED),
         Err(e) => return Err(e).context("starting the lab"),
     };
-    *PREFIX.lock().unwrap_or_else(|e| e.into_inner()) = Some(scenario.testbed().prefix().into());
+    set_leftovers(Leftovers {
+        prefix: scenario.testbed().prefix().into(),
+        pids: Vec::new(),
+        rundir: None,
+    });
     let outcome = scenario.run(&mut progress, &interrupted);
     let report = match outcome {
         Ok(report) => report,
@@ -214,10 +253,78 @@ fn lab(args: &LabArgs) -> Result<u8> {
 }
 
 fn finish_removal(scenario: Scenario, progress: &mut dyn FnMut(&str)) {
-    match scenario.destroy() {
+    removed(scenario.destroy(), progress);
+}
+
+fn removed(outcome: Result<(), String>, progress: &mut dyn FnMut(&str)) {
+    match outcome {
         Ok(()) => progress("removed every namespace, link and process of the lab"),
         Err(e) => progress(&format!("removing the lab: {e}")),
     }
+}
+
+/// `kube-egress lab --dataplane ovn`.
+fn lab_ovn(args: &LabArgs) -> Result<u8> {
+    if args.keep {
+        bail!(
+            "--keep is not supported with --dataplane ovn: the OVN daemons of the lab are children \
+             of this process and go with it"
+        );
+    }
+    if let Some(reason) = kube_egress_ovn_testbed::unavailable_reason() {
+        bail!("the OVN lab {reason}");
+    }
+    let probe = ovn_probe(args.reachability.settings());
+    install_signal_handlers();
+    let start = Instant::now();
+    let mut progress = |line: &str| {
+        eprintln!("[{:5.1}s] {line}", start.elapsed().as_secs_f64());
+    };
+    progress(&format!(
+        "kube-egress lab --dataplane ovn: starting a 3-node OVN-Kubernetes cluster in network namespaces; probing: {}",
+        probe_text(&probe)
+    ));
+    let options = ScenarioOptions {
+        failover_samples: args.failover_samples,
+        probe,
+        keep_prefix: None,
+    };
+    let scenario = match OvnScenario::start(options, &mut progress) {
+        Ok(s) => s,
+        Err(ScenarioError::Interrupted) => return Ok(EXIT_INTERRUPTED),
+        Err(e) => return Err(e).context("starting the OVN lab"),
+    };
+    let cluster = scenario.cluster();
+    set_leftovers(Leftovers {
+        prefix: cluster.prefix().into(),
+        pids: cluster
+            .daemon_pids()
+            .into_iter()
+            .map(|(_, pid)| pid)
+            .collect(),
+        rundir: Some(cluster.rundir().to_path_buf()),
+    });
+    let outcome = scenario.run(&mut progress, &interrupted);
+    let report = match outcome {
+        Ok(report) => report,
+        Err(ScenarioError::Interrupted) => {
+            progress("interrupted: removing the lab");
+            removed(scenario.destroy(), &mut progress);
+            return Ok(EXIT_INTERRUPTED);
+        }
+        Err(e) => {
+            progress(&format!("the scenario failed: {e}; removing the lab"));
+            removed(scenario.destroy(), &mut progress);
+            return Err(e).context("running the OVN lab");
+        }
+    };
+    progress("removing the lab");
+    removed(scenario.destroy(), &mut progress);
+    print_report(args, &report)?;
+    if interrupted() {
+        return Ok(EXIT_INTERRUPTED);
+    }
+    Ok(if report.passed() { 0 } else { 1 })
 }
 
 fn print_report(args: &LabArgs, report: &LabReport) -> Result<()> {
@@ -234,6 +341,12 @@ fn print_report(args: &LabArgs, report: &LabReport) -> Result<()> {
 fn text_report(r: &LabReport) -> String {
     let mut s = String::new();
     let w = r.before.keys().map(String::len).max().unwrap_or(3).max(3);
+    if !r.notes.is_empty() {
+        s.push_str(&format!("\nData plane: {}\n", r.dataplane));
+        for note in &r.notes {
+            s.push_str(&format!("  - {note}\n"));
+        }
+    }
     s.push_str("\nSource address seen by the web server 203.0.113.10\n");
     s.push_str(&format!(
         "  {:<w$}  {:<16}  after egressips-prod\n",
@@ -272,7 +385,7 @@ fn text_report(r: &LabReport) -> String {
             }
         }
     }
-    s.push_str(&failover_text(&r.failover));
+    s.push_str(&failover_text(&r.failover, &r.dataplane));
     let metrics: Vec<&str> = r
         .metrics
         .lines()
@@ -297,14 +410,14 @@ fn text_report(r: &LabReport) -> String {
     s
 }
 
-fn failover_text(f: &FailoverReport) -> String {
+fn failover_text(f: &FailoverReport, dataplane: &str) -> String {
     if f.samples == 0 {
         return String::new();
     }
     let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0} ms"));
     let mut s = format!(
         "\nFailover: the egress node of {} cut {} times (probing {})\n  first request through the new egress node: p50 {}, p99 {}, max {} (target p99 <= {:.0} ms)\n",
-        kube_egress_lab::scenario::FAILOVER_IP,
+        f.ip,
         f.samples,
         f.probe,
         ms(f.p50_ms),
@@ -313,6 +426,19 @@ fn failover_text(f: &FailoverReport) -> String {
         f.target_ms
     );
     for (i, run) in f.runs.iter().enumerate() {
+        if dataplane == "ovn" {
+            s.push_str(&format!(
+                "  {:>2}. cut {} -> {}: detected {}, Northbound written {}, first request {}, all requests {}\n",
+                i + 1,
+                run.cut,
+                run.to.as_deref().unwrap_or("-"),
+                ms(run.detected_ms),
+                ms(run.northbound_ms),
+                ms(run.first_request_ms),
+                ms(run.recovered_ms)
+            ));
+            continue;
+        }
         s.push_str(&format!(
             "  {:>2}. cut {} -> {}: detected {}, status {}, IP placed {}, steering updated {}, first request {}, all requests {}\n",
             i + 1,

@@ -43,6 +43,8 @@
 mod agent;
 mod controller;
 mod log;
+pub mod ovn;
+pub mod ovn_scenario;
 pub mod scenario;
 pub mod seed;
 pub mod traffic;
@@ -306,51 +308,7 @@ impl LabCluster {
     /// Waits until every agent has applied the last plan pushed to it and every probed node has
     /// a first verdict. Fails on the first failed apply it sees and on timeout.
     pub fn settle(&self, timeout: Duration) -> Result<(), LabError> {
-        let probed = self.probed.clone();
-        let outcome = self.shared.wait(timeout, |state| {
-            for (node, pushed) in &state.pushed {
-                match state.attempted.get(node) {
-                    Some((g, Err(error))) if g == pushed => {
-                        return Some(Err(LabError::ApplyFailed {
-                            node: node.clone(),
-                            generation: *g,
-                            error: error.clone(),
-                        }));
-                    }
-                    Some((g, Ok(()))) if g == pushed => {}
-                    _ => return None,
-                }
-            }
-            let verdicts = probed.iter().all(|n| {
-                state.events.iter().any(
-                    |e| matches!(&e.kind, LabEventKind::Reachability { node, .. } if node == n),
-                )
-            });
-            verdicts.then_some(Ok(()))
-        });
-        outcome.unwrap_or_else(|| Err(self.timeout(timeout)))
-    }
-
-    fn timeout(&self, timeout: Duration) -> LabError {
-        let state = self.shared.lock();
-        let mut pending: Vec<String> = state
-            .pushed
-            .iter()
-            .filter(|(node, pushed)| state.attempted.get(*node).map(|(g, _)| g) != Some(*pushed))
-            .map(|(node, pushed)| format!("{node} has not applied plan {pushed}"))
-            .collect();
-        pending.extend(state.events.iter().filter_map(|e| match &e.kind {
-            LabEventKind::Failed { component, error } => Some(format!("{component}: {error}")),
-            _ => None,
-        }));
-        LabError::Timeout {
-            timeout,
-            pending: if pending.is_empty() {
-                "no first probe verdict yet".into()
-            } else {
-                pending.join("; ")
-            },
-        }
+        settle(&self.shared, &self.probed, timeout)
     }
 
     /// The timeline so far.
@@ -391,6 +349,61 @@ impl LabCluster {
         for agent in agents.values_mut() {
             agent.stop();
         }
+    }
+}
+
+/// Waits until every plan pushed (to an agent, or to the Northbound database) has been applied
+/// and every probed node has a first verdict. Fails on the first failed apply it sees and on
+/// timeout.
+pub(crate) fn settle(
+    shared: &Shared,
+    probed: &[String],
+    timeout: Duration,
+) -> Result<(), LabError> {
+    let outcome = shared.wait(timeout, |state| {
+        for (node, pushed) in &state.pushed {
+            match state.attempted.get(node) {
+                Some((g, Err(error))) if g == pushed => {
+                    return Some(Err(LabError::ApplyFailed {
+                        node: node.clone(),
+                        generation: *g,
+                        error: error.clone(),
+                    }));
+                }
+                Some((g, Ok(()))) if g >= pushed => {}
+                _ => return None,
+            }
+        }
+        let verdicts = probed.iter().all(|n| {
+            state
+                .events
+                .iter()
+                .any(|e| matches!(&e.kind, LabEventKind::Reachability { node, .. } if node == n))
+        });
+        verdicts.then_some(Ok(()))
+    });
+    outcome.unwrap_or_else(|| Err(timeout_error(shared, timeout)))
+}
+
+fn timeout_error(shared: &Shared, timeout: Duration) -> LabError {
+    let state = shared.lock();
+    let mut pending: Vec<String> = state
+        .pushed
+        .iter()
+        .filter(|(node, pushed)| state.attempted.get(*node).map(|(g, _)| g) != Some(*pushed))
+        .map(|(node, pushed)| format!("{node} has not applied plan {pushed}"))
+        .collect();
+    pending.extend(state.events.iter().filter_map(|e| match &e.kind {
+        LabEventKind::Failed { component, error } => Some(format!("{component}: {error}")),
+        _ => None,
+    }));
+    LabError::Timeout {
+        timeout,
+        pending: if pending.is_empty() {
+            "no first probe verdict yet".into()
+        } else {
+            pending.join("; ")
+        },
     }
 }
 

@@ -52,18 +52,18 @@ pub const FAILOVER_IP: &str = "192.168.126.102";
 pub const FAILOVER_TARGET: Duration = Duration::from_secs(1);
 
 /// How long plans may take to be applied before a step fails.
-const SETTLE: Duration = Duration::from_secs(5);
+pub(crate) const SETTLE: Duration = Duration::from_secs(5);
 /// A failover sample fails when no request succeeds through the new node within this, on top of
 /// the probing's worst-case detection time.
 const FAILOVER_MARGIN: Duration = Duration::from_secs(3);
 /// The period of the failover poller: the resolution of the measurement.
-const POLL_PERIOD: Duration = Duration::from_millis(10);
+pub(crate) const POLL_PERIOD: Duration = Duration::from_millis(10);
 /// Requests of the failover poller give up after this: well before TCP's first SYN retransmit
 /// (1 s), so a request sent into the cut-off node counts as failed instead of succeeding late.
-const POLL_REQUEST_TIMEOUT: Duration = Duration::from_millis(300);
+pub(crate) const POLL_REQUEST_TIMEOUT: Duration = Duration::from_millis(300);
 /// Requests per pod after the EgressIP is applied: with two egress nodes, all of pod2's flows
 /// on one hop happens with probability 2^-15.
-const AFTER_REQUESTS: usize = 16;
+pub(crate) const AFTER_REQUESTS: usize = 16;
 
 /// What the scenario runs with.
 #[derive(Clone, Debug)]
@@ -115,6 +115,9 @@ pub struct FailoverSample {
     pub egress_node_applied_ms: Option<f64>,
     /// The agent of pod2's node had applied its plan (steering to the new node).
     pub pod_node_applied_ms: Option<f64>,
+    /// OVN data plane: the controller's Northbound transaction moving the IP had completed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub northbound_ms: Option<f64>,
     /// The first request from pod2 that succeeded through the new node ended.
     pub first_request_ms: Option<f64>,
     /// From then on every request succeeded.
@@ -128,6 +131,8 @@ pub struct FailoverSample {
 /// The failover step.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct FailoverReport {
+    /// The egress IP the samples move.
+    pub ip: String,
     /// Samples taken.
     pub samples: usize,
     /// Percentiles (nearest rank) of `first_request_ms` over the samples that recovered.
@@ -144,6 +149,11 @@ pub struct FailoverReport {
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LabReport {
+    /// The data plane the lab ran: `linux` or `ovn`.
+    pub dataplane: String,
+    /// What the reader should know about how this lab differs from the seed's cluster.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     pub checks: Vec<Check>,
     /// Pod (`namespace/name`) → the source the server saw before the EgressIP existed.
     pub before: BTreeMap<String, String>,
@@ -173,6 +183,8 @@ pub enum ScenarioError {
     Interrupted,
     #[error("building the testbed: {0}")]
     Testbed(#[from] kube_egress_testbed::Error),
+    #[error("the OVN cluster: {0}")]
+    Ovn(#[from] kube_egress_ovn_testbed::Error),
     #[error(transparent)]
     Lab(#[from] LabError),
 }
@@ -249,7 +261,10 @@ impl Scenario {
                 Ok(())
             }
         };
-        let mut report = LabReport::default();
+        let mut report = LabReport {
+            dataplane: "linux".into(),
+            ..LabReport::default()
+        };
         stop()?;
         self.before(&mut report, progress);
         stop()?;
@@ -388,7 +403,9 @@ impl Scenario {
             eip.spec.egress_ips.join(", "),
             items_text(&items)
         ));
-        report.checks.push(self.status_check(eip, &items));
+        report
+            .checks
+            .push(status_check(eip, &items, self.cluster.probed_nodes()));
         report
             .status_items
             .insert(SEED_EGRESS_IP.to_string(), items);
@@ -609,6 +626,7 @@ impl Scenario {
         let mut times: Vec<f64> = runs.iter().filter_map(|r| r.first_request_ms).collect();
         times.sort_by(f64::total_cmp);
         report.failover = FailoverReport {
+            ip: FAILOVER_IP.into(),
             samples: runs.len(),
             p50_ms: percentile(&times, 50.0),
             p99_ms: percentile(&times, 99.0),
@@ -776,6 +794,7 @@ impl Scenario {
         Ok(FailoverSample {
             egress_node_applied_ms: to.as_deref().and_then(applied).and_then(since_cut_raw),
             pod_node_applied_ms: applied(pod2.node()).and_then(since_cut_raw),
+            northbound_ms: None,
             cut: holder,
             to,
             detected_ms: detected.and_then(since_cut_raw),
@@ -873,32 +892,36 @@ impl Scenario {
         eip.spec.egress_ips = vec![FAILOVER_IP.into()];
         Ok(eip)
     }
+}
 
-    /// Every IP assigned, on egress-assignable nodes, no two on one node.
-    fn status_check(&self, eip: &EgressIP, items: &[EgressIPStatusItem]) -> Check {
-        let mut problems = Vec::new();
-        let nodes: BTreeSet<&str> = items.iter().map(|i| i.node.as_str()).collect();
-        if items.len() != eip.spec.egress_ips.len() {
-            problems.push(format!(
-                "{} of {} egress IPs assigned",
-                items.len(),
-                eip.spec.egress_ips.len()
-            ));
-        }
-        if nodes.len() != items.len() {
-            problems.push("two egress IPs on one node".into());
-        }
-        for node in &nodes {
-            if !self.cluster.probed_nodes().iter().any(|p| p == node) {
-                problems.push(format!("{node} is not egress-assignable"));
-            }
-        }
-        check(
-            "status.items: every egress IP of egressips-prod on its own egress node",
-            problems,
-            &items_text(items),
-        )
+/// Every IP assigned, on egress-assignable (probed) nodes, no two on one node.
+pub(crate) fn status_check(
+    eip: &EgressIP,
+    items: &[EgressIPStatusItem],
+    probed: &[String],
+) -> Check {
+    let mut problems = Vec::new();
+    let nodes: BTreeSet<&str> = items.iter().map(|i| i.node.as_str()).collect();
+    if items.len() != eip.spec.egress_ips.len() {
+        problems.push(format!(
+            "{} of {} egress IPs assigned",
+            items.len(),
+            eip.spec.egress_ips.len()
+        ));
     }
+    if nodes.len() != items.len() {
+        problems.push("two egress IPs on one node".into());
+    }
+    for node in &nodes {
+        if !probed.iter().any(|p| p == node) {
+            problems.push(format!("{node} is not egress-assignable"));
+        }
+    }
+    check(
+        "status.items: every egress IP of egressips-prod on its own egress node",
+        problems,
+        &items_text(items),
+    )
 }
 
 fn items_hosted_on(report: &LabReport, node: &str) -> bool {
@@ -908,7 +931,7 @@ fn items_hosted_on(report: &LabReport, node: &str) -> bool {
         .is_some_and(|items| items.iter().any(|i| i.node == node))
 }
 
-fn check(name: &str, problems: Vec<String>, ok_detail: &str) -> Check {
+pub(crate) fn check(name: &str, problems: Vec<String>, ok_detail: &str) -> Check {
     Check {
         name: name.to_string(),
         passed: problems.is_empty(),
@@ -920,14 +943,14 @@ fn check(name: &str, problems: Vec<String>, ok_detail: &str) -> Check {
     }
 }
 
-fn shown(r: &Result<IpAddr, String>) -> String {
+pub(crate) fn shown(r: &Result<IpAddr, String>) -> String {
     match r {
         Ok(ip) => ip.to_string(),
         Err(e) => format!("error: {e}"),
     }
 }
 
-fn items_text(items: &[EgressIPStatusItem]) -> String {
+pub(crate) fn items_text(items: &[EgressIPStatusItem]) -> String {
     if items.is_empty() {
         return "[]".into();
     }
@@ -938,11 +961,11 @@ fn items_text(items: &[EgressIPStatusItem]) -> String {
         .join(", ")
 }
 
-fn since_cut_raw(d: Duration) -> Option<f64> {
+pub(crate) fn since_cut_raw(d: Duration) -> Option<f64> {
     Some(d.as_secs_f64() * 1000.0)
 }
 
-fn ms(v: Option<f64>) -> String {
+pub(crate) fn ms(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.0} ms"))
 }
 

@@ -2,7 +2,7 @@
 //! tests use, and the cleanup that removes all of it when it is dropped.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -51,6 +51,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// The nft table in the fabric namespace that counts, per uplink, packets to the web server.
 pub const UPLINK_TABLE: &str = "ovn_testbed";
+/// The fabric's address on the underlay bridge once [`OvnCluster::attach_fabric_to_underlay`]
+/// gave it one (the chassis have `192.168.100.1` on).
+pub const FABRIC_UNDERLAY_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 254);
 /// The management port's host interface (ovnkube's name).
 pub const MGMT_LINK: &str = "ovn-k8s-mp0";
 
@@ -533,6 +536,60 @@ impl OvnCluster {
             .map(|(c, _)| c.node.name.clone())
             .collect();
         Ok(Egress { source, uplinks })
+    }
+
+    /// Gives the fabric namespace an address on the Geneve underlay's bridge,
+    /// [`FABRIC_UNDERLAY_IP`], so a process there (a prober) reaches every chassis's tunnel
+    /// endpoint address across the bridge, like a host of the node network. Idempotent.
+    ///
+    /// Each chassis gets a host route to that address straight out of its underlay link `ul0`:
+    /// the userspace datapath's internal port `br-phy`, which holds the address, can lose its
+    /// carrier after `ul0` went down and up, and the chassis's replies would then be dropped
+    /// while the fabric's packets still arrive (the kernel also receives on `ul0`).
+    pub fn attach_fabric_to_underlay(&self) -> Result<Ipv4Addr> {
+        for c in &self.chassis {
+            let routes = testbed::exec(&c.netns, &["ip", "-4", "route", "show", "dev", "ul0"])?;
+            if !routes.contains(&FABRIC_UNDERLAY_IP.to_string()) {
+                process::ip_batch(
+                    &c.netns,
+                    &[format!(
+                        "route add {FABRIC_UNDERLAY_IP}/32 dev ul0 src {}",
+                        c.node.encap_ip
+                    )],
+                )?;
+            }
+        }
+        let shown = testbed::exec(
+            &self.fabric,
+            &["ip", "-o", "-4", "addr", "show", "dev", "br-ul"],
+        )?;
+        if !shown.contains(&format!("{FABRIC_UNDERLAY_IP}/")) {
+            process::ip_batch(
+                &self.fabric,
+                &[format!(
+                    "addr add {FABRIC_UNDERLAY_IP}/{} dev br-ul",
+                    UNDERLAY_SUBNET.prefix_len()
+                )],
+            )?;
+        }
+        Ok(FABRIC_UNDERLAY_IP)
+    }
+
+    /// Cuts a node off the network (`false`) or reconnects it (`true`): the fabric's ends of
+    /// its `br-ex` uplink and of its underlay link go down or up. Nothing inside the node
+    /// changes; its gateway router can no longer reach the external network, its tunnel
+    /// endpoint no other chassis, and what is sent to it on either network is lost (the
+    /// fabric's routes stay, so a sender in the fabric sees timeouts, not `ENETUNREACH`).
+    pub fn set_node_connected(&self, node: &str, connected: bool) -> Result<()> {
+        let c = self.known_chassis(node)?;
+        let state = if connected { "up" } else { "down" };
+        process::ip_batch(
+            &self.fabric,
+            &[
+                format!("link set {} {state}", c.uplink()),
+                format!("link set {} {state}", c.underlay()),
+            ],
+        )
     }
 
     /// Per node, the packets to the web server that entered the external network from its

@@ -84,8 +84,8 @@ mod process;
 pub mod spec;
 
 pub use cluster::{
-    DEBIAN_PACKAGES, Egress, MGMT_LINK, OvnCluster, REQUEST_TIMEOUT, REQUIRED_PROGRAMS,
-    UPLINK_TABLE, missing_programs, unavailable_reason,
+    DEBIAN_PACKAGES, Egress, FABRIC_UNDERLAY_IP, MGMT_LINK, OvnCluster, REQUEST_TIMEOUT,
+    REQUIRED_PROGRAMS, UPLINK_TABLE, missing_programs, unavailable_reason,
 };
 pub use error::{Error, Result};
 pub use process::{NETNS_PREFIX, RUNDIR_PREFIX, sweep_stale};
