@@ -122,7 +122,7 @@ fn peer_diff(peers: &BTreeSet<IpAddr>, neighbours: &[Neighbour], fdb: &[FdbEntry
 }
 
 impl Applier {
-    /// `nft` must run in the same namespace as the calling thread (see [`Nft::in_netns`]).
+    /// `nft` must act on the namespace of `nl` ([`Nft::new`] on a thread in it, or [`Nft::in_netns`]).
     pub fn new(nl: Netlink, nft: Nft, tunnel_local: Option<IpAddr>) -> Applier {
         Applier {
             nl,
