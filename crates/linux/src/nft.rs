@@ -101,7 +101,7 @@ pub struct PacketCount {
     pub bytes: u64,
 }
 
-/// Reads and changes the table, in process through libnftables ([`crate::libnftables`]) when the
+/// Reads and changes the table, in process through libnftables (`libnftables.so.1`) when the
 /// library loads, otherwise by running the `nft` program; either way in the network namespace
 /// it was created for. Clones share one libnftables context.
 #[derive(Debug, Clone, Default)]
