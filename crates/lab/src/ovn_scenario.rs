@@ -39,12 +39,12 @@ use kube_egress_probe::{ProbeMode, ProbeSettings};
 
 use crate::ovn::{NORTHBOUND, OvnControlPlane, OvnInputs};
 use crate::scenario::{
-    AFTER_REQUESTS, FAILOVER_EGRESS_IP, FAILOVER_TARGET, FailoverReport, FailoverSample, LabReport,
-    POLL_PERIOD, POLL_REQUEST_TIMEOUT, SETTLE, ScenarioError, ScenarioOptions, check, items_text,
+    AFTER_REQUESTS, CutTraffic, FAILOVER_EGRESS_IP, FAILOVER_TARGET, FailoverReport,
+    FailoverSample, LabReport, SETTLE, ScenarioError, ScenarioOptions, check, items_text, lost_at,
     ms, percentile, probe_text, since_cut_raw, status_check,
 };
 use crate::seed::{SEED_EGRESS_IP, SeedObjects};
-use crate::traffic::{Poller, first_success, neighbour_mac, recovery};
+use crate::traffic::neighbour_mac;
 use crate::{LabError, LabEventKind};
 
 /// The egress IPs `egressips-prod` gets in the OVN lab: free addresses of the testbed's
@@ -598,34 +598,16 @@ impl OvnScenario {
             .pod_netns(FAILOVER_POD)
             .expect("the lab has pod2")
             .to_string();
-        let poller = Poller::start(
+        let traffic = CutTraffic::measure(
             &netns,
             &format!("http://{SERVER_IP}:{SERVER_PORT}/failover"),
-            POLL_PERIOD,
-            POLL_REQUEST_TIMEOUT,
-        );
-        std::thread::sleep(Duration::from_millis(100));
-        let cut = Instant::now();
-        self.cluster.set_node_connected(&holder, false)?;
-        let cut_done = Instant::now();
-        let since_cut = |d: Duration| Some((d + (cut_done - cut)).as_secs_f64() * 1000.0);
-        let mut first = None;
-        while cut.elapsed() < self.failover_limit() {
-            first = first_success(&poller.samples(), cut_done, |s| s == ip);
-            if first.is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        std::thread::sleep(POLL_REQUEST_TIMEOUT);
-        let samples = poller.finish();
+            ip,
+            self.failover_limit(),
+            || self.cluster.set_node_connected(&holder, false),
+        )?;
+        let cut = traffic.cut;
         let events = self.control.events();
-        let detected = events.iter().find_map(|e| match &e.kind {
-            LabEventKind::Reachability {
-                node, reachable, ..
-            } if *node == holder && !reachable && e.at >= cut => Some(e.at - cut),
-            _ => None,
-        });
+        let detected = lost_at(&events, &holder, cut);
         self.settle()?;
         let to = self.holder(FAILOVER_EGRESS_IP);
         let events = self.control.events();
@@ -696,9 +678,9 @@ impl OvnScenario {
             egress_node_applied_ms: None,
             pod_node_applied_ms: None,
             northbound_ms: written.and_then(since_cut_raw),
-            first_request_ms: first.and_then(since_cut),
-            recovered_ms: recovery(&samples, cut_done, |s| s == ip).and_then(since_cut),
-            requests: samples.iter().filter(|s| s.started >= cut_done).count(),
+            first_request_ms: traffic.first_request_ms(),
+            recovered_ms: traffic.recovered_ms(),
+            requests: traffic.requests(),
         })
     }
 

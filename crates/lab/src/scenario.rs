@@ -709,35 +709,16 @@ impl Scenario {
             .filter_map(|name| Some((name.to_string(), self.cluster.status(name)?)))
             .collect();
         let pod2 = self.testbed.pod("pod2").expect("the lab has pod2");
-        let poller = Poller::start(
+        let traffic = CutTraffic::measure(
             pod2.netns().name(),
             &self.testbed.server().url(),
-            POLL_PERIOD,
-            POLL_REQUEST_TIMEOUT,
-        );
-        std::thread::sleep(Duration::from_millis(100));
-        let cut = Instant::now();
-        self.testbed.set_node_connected(&holder, false)?;
-        let cut_done = Instant::now();
-        let since_cut = |d: Duration| Some((d + (cut_done - cut)).as_secs_f64() * 1000.0);
-        let mut first = None;
-        while cut.elapsed() < self.failover_limit() {
-            first = first_success(&poller.samples(), cut_done, |s| s == ip);
-            if first.is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        // Let the requests under way end, for the recovery figure.
-        std::thread::sleep(POLL_REQUEST_TIMEOUT);
-        let samples = poller.finish();
+            ip,
+            self.failover_limit(),
+            || self.testbed.set_node_connected(&holder, false),
+        )?;
+        let cut = traffic.cut;
         let events = self.cluster.events();
-        let detected = events.iter().find_map(|e| match &e.kind {
-            LabEventKind::Reachability {
-                node, reachable, ..
-            } if *node == holder && !reachable && e.at >= cut => Some(e.at - cut),
-            _ => None,
-        });
+        let detected = lost_at(&events, &holder, cut);
         self.cluster.settle(SETTLE)?;
         let to = self.holder(FAILOVER_EGRESS_IP);
         let moved = events.iter().find_map(|e| match &e.kind {
@@ -799,9 +780,9 @@ impl Scenario {
             to,
             detected_ms: detected.and_then(since_cut_raw),
             moved_ms: moved.and_then(since_cut_raw),
-            first_request_ms: first.and_then(since_cut),
-            recovered_ms: recovery(&samples, cut_done, |s| s == ip).and_then(since_cut),
-            requests: samples.iter().filter(|s| s.started >= cut_done).count(),
+            first_request_ms: traffic.first_request_ms(),
+            recovered_ms: traffic.recovered_ms(),
+            requests: traffic.requests(),
             moved_ips,
         })
     }
@@ -959,6 +940,85 @@ pub(crate) fn items_text(items: &[EgressIPStatusItem]) -> String {
         .map(|i| format!("{{node: {}, egressIP: {}}}", i.node, i.egress_ip))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The traffic around one cut of an egress node: requests from a pod, every [`POLL_PERIOD`],
+/// from shortly before the cut until the first one after it that succeeds from `ip` (or `limit`),
+/// and one request timeout more so the requests under way end.
+pub(crate) struct CutTraffic {
+    /// When the cut began and when it was done.
+    pub cut: Instant,
+    pub cut_done: Instant,
+    /// From the end of the cut to the end of the first request that succeeded from `ip`.
+    pub first: Option<Duration>,
+    pub samples: Vec<crate::traffic::Sample>,
+    ip: IpAddr,
+}
+
+impl CutTraffic {
+    /// Polls `target` from `netns`, runs `cut`, and waits as described above.
+    pub fn measure<E>(
+        netns: &str,
+        target: &str,
+        ip: IpAddr,
+        limit: Duration,
+        cut: impl FnOnce() -> Result<(), E>,
+    ) -> Result<CutTraffic, E> {
+        let poller = Poller::start(netns, target, POLL_PERIOD, POLL_REQUEST_TIMEOUT);
+        std::thread::sleep(Duration::from_millis(100));
+        let cut_at = Instant::now();
+        cut()?;
+        let cut_done = Instant::now();
+        let mut first = None;
+        while cut_at.elapsed() < limit {
+            first = first_success(&poller.samples(), cut_done, |s| s == ip);
+            if first.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(POLL_REQUEST_TIMEOUT);
+        Ok(CutTraffic {
+            cut: cut_at,
+            cut_done,
+            first,
+            samples: poller.finish(),
+            ip,
+        })
+    }
+
+    /// Milliseconds from the start of the cut of a time measured from its end.
+    fn since_cut(&self, d: Duration) -> Option<f64> {
+        Some((d + (self.cut_done - self.cut)).as_secs_f64() * 1000.0)
+    }
+
+    /// Milliseconds from the start of the cut to the first request through `ip`.
+    pub fn first_request_ms(&self) -> Option<f64> {
+        self.first.and_then(|d| self.since_cut(d))
+    }
+
+    /// Milliseconds from the start of the cut until every request succeeded through `ip`.
+    pub fn recovered_ms(&self) -> Option<f64> {
+        recovery(&self.samples, self.cut_done, |s| s == self.ip).and_then(|d| self.since_cut(d))
+    }
+
+    /// Requests started after the cut.
+    pub fn requests(&self) -> usize {
+        self.samples
+            .iter()
+            .filter(|s| s.started >= self.cut_done)
+            .count()
+    }
+}
+
+/// When (after `cut`) the timeline first has `node` declared unreachable.
+pub(crate) fn lost_at(events: &[crate::LabEvent], node: &str, cut: Instant) -> Option<Duration> {
+    events.iter().find_map(|e| match &e.kind {
+        LabEventKind::Reachability {
+            node: n, reachable, ..
+        } if n == node && !reachable && e.at >= cut => Some(e.at - cut),
+        _ => None,
+    })
 }
 
 pub(crate) fn since_cut_raw(d: Duration) -> Option<f64> {
