@@ -39,9 +39,9 @@ use kube_egress_probe::{ProbeMode, ProbeSettings};
 
 use crate::ovn::{NORTHBOUND, OvnControlPlane, OvnInputs};
 use crate::scenario::{
-    AFTER_REQUESTS, CutTraffic, FAILOVER_EGRESS_IP, FAILOVER_TARGET, FailoverReport,
-    FailoverSample, LabReport, SETTLE, ScenarioError, ScenarioOptions, check, items_text, lost_at,
-    ms, percentile, probe_text, since_cut_raw, status_check,
+    AFTER_REQUESTS, CutTraffic, FAILOVER_EGRESS_IP, FailoverReport, FailoverSample, LabReport,
+    SETTLE, ScenarioError, ScenarioOptions, check, items_text, lost_at, ms, probe_text,
+    since_cut_raw, status_check,
 };
 use crate::seed::{SEED_EGRESS_IP, SeedObjects};
 use crate::traffic::neighbour_mac;
@@ -540,18 +540,8 @@ impl OvnScenario {
             failback.extend(back.into_iter().map(|p| format!("sample {}: {p}", n + 1)));
             runs.push(sample);
         }
-        let mut times: Vec<f64> = runs.iter().filter_map(|r| r.first_request_ms).collect();
-        times.sort_by(f64::total_cmp);
-        report.failover = FailoverReport {
-            ip: OVN_FAILOVER_IP.into(),
-            samples: runs.len(),
-            p50_ms: percentile(&times, 50.0),
-            p99_ms: percentile(&times, 99.0),
-            max_ms: times.last().copied(),
-            target_ms: FAILOVER_TARGET.as_secs_f64() * 1000.0,
-            probe: probe_text(&self.options.probe),
-            runs,
-        };
+        report.failover =
+            FailoverReport::from_runs(OVN_FAILOVER_IP, probe_text(&self.options.probe), runs);
         let f = &report.failover;
         report.checks.push(check(
             "failover: traffic resumes through the new egress node",

@@ -145,6 +145,24 @@ pub struct FailoverReport {
     pub runs: Vec<FailoverSample>,
 }
 
+impl FailoverReport {
+    /// The report of the samples `runs` moving `ip`, probed as `probe` says.
+    pub(crate) fn from_runs(ip: &str, probe: String, runs: Vec<FailoverSample>) -> FailoverReport {
+        let mut times: Vec<f64> = runs.iter().filter_map(|r| r.first_request_ms).collect();
+        times.sort_by(f64::total_cmp);
+        FailoverReport {
+            ip: ip.into(),
+            samples: runs.len(),
+            p50_ms: percentile(&times, 50.0),
+            p99_ms: percentile(&times, 99.0),
+            max_ms: times.last().copied(),
+            target_ms: FAILOVER_TARGET.as_secs_f64() * 1000.0,
+            probe,
+            runs,
+        }
+    }
+}
+
 /// Everything the scenario observed.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -623,18 +641,7 @@ impl Scenario {
             failback.extend(back.into_iter().map(|p| format!("sample {}: {p}", n + 1)));
             runs.push(sample);
         }
-        let mut times: Vec<f64> = runs.iter().filter_map(|r| r.first_request_ms).collect();
-        times.sort_by(f64::total_cmp);
-        report.failover = FailoverReport {
-            ip: FAILOVER_IP.into(),
-            samples: runs.len(),
-            p50_ms: percentile(&times, 50.0),
-            p99_ms: percentile(&times, 99.0),
-            max_ms: times.last().copied(),
-            target_ms: FAILOVER_TARGET.as_secs_f64() * 1000.0,
-            probe,
-            runs,
-        };
+        report.failover = FailoverReport::from_runs(FAILOVER_IP, probe, runs);
         let f = &report.failover;
         report.checks.push(check(
             "failover: traffic resumes through the new egress node",
